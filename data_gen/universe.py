@@ -1,0 +1,99 @@
+"""The class universe: prototypes, exemplars, the frequency ranking and the label map, all from the task's own key.
+
+Class ids ``0 .. n_classes - n_holdout - 1`` are training classes and the last ``n_holdout`` ids are held out for
+the ICL probes. Class ``c``'s prototype is drawn from ``fold_in(key, c)``, so it never moves when other settings
+(burstiness, Zipf alpha, p_relevant, even the number of classes) change. Training classes are visited through a
+fixed random ranking ``order``: rank 0 is the most frequent class under Zipf, and ``K`` active classes are the
+first ``K`` ranks.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from data_gen.spec import TaskParams, TaskStatic
+
+_PROTO, _EXEMPLAR, _ORDER, _DATASET = range(4)  # sub-streams of the task key
+
+
+class Universe(NamedTuple):
+    prototypes: jax.Array  # (n_classes, D)
+    exemplar_noise: jax.Array  # (n_classes, E, D) standard normal; E = 0 when items get fresh noise
+    order: jax.Array  # (max_classes,) int32: rank -> training class id
+    dataset_key: jax.Array  # raw key data of the finite training set
+
+
+def draw_prototypes(st: TaskStatic, key: jax.Array, ids: jax.Array) -> jax.Array:
+    """Prototypes of the classes ``ids`` (any shape) from ``key``: (..., D)."""
+    eta = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (st.D,)))(ids.reshape(-1))
+    if st.prototype == "gaussian":  # mu ~ N(0, I/D)
+        mu = eta / jnp.sqrt(st.D)
+    else:  # unit norm
+        mu = eta / jnp.linalg.norm(eta, axis=-1, keepdims=True)
+    return mu.reshape(*ids.shape, st.D)
+
+
+def make_universe(st: TaskStatic) -> Universe:
+    key = jax.random.key(st.seed)
+    ids = jnp.arange(st.n_classes)
+    noise = jax.vmap(
+        lambda i: jax.random.normal(
+            jax.random.fold_in(jax.random.fold_in(key, _EXEMPLAR), i),
+            (st.exemplars, st.D),
+        )
+    )(ids)
+    return Universe(
+        prototypes=draw_prototypes(st, jax.random.fold_in(key, _PROTO), ids),
+        exemplar_noise=noise,
+        order=jax.random.permutation(jax.random.fold_in(key, _ORDER), st.max_classes).astype(jnp.int32),
+        dataset_key=jax.random.key_data(jax.random.fold_in(key, _DATASET)),
+    )
+
+
+def rank_weights(st: TaskStatic, p: TaskParams) -> jax.Array:
+    """Unnormalised sampling weight of each rank (max_classes,); ranks >= K weigh 0."""
+    r = jnp.arange(st.max_classes)
+    active = r < p.K
+    if st.frequency == "zipf":
+        w = (r + 1.0) ** -p.alpha
+    else:
+        n_high = p.n_high.astype(jnp.float32)
+        w = jnp.where(r < p.n_high, p.p_high / n_high, (1.0 - p.p_high) / (p.K - n_high))
+    return jnp.where(active, w, 0.0)
+
+
+def head_size(st: TaskStatic, p: TaskParams) -> jax.Array:
+    """Number of top ranks that form the high-frequency (common) group.
+
+    two_group: the n_high classes. zipf: the fewest top ranks that hold half of the mass (for alpha = 0 that is
+    half of the classes).
+    """
+    if st.frequency == "two_group":
+        return p.n_high
+    w = rank_weights(st, p)
+    cdf = jnp.cumsum(w) / jnp.sum(w)
+    return jnp.sum(cdf < 0.5) + 1
+
+
+def labels_of(st: TaskStatic, classes: jax.Array, sense: jax.Array) -> jax.Array:
+    """The fixed label map: class k's j-th sense carries label (polysemy * k + j) mod n_labels.
+
+    With polysemy = 1 this is k mod n_labels ('modulo'); validation makes it injective for 'identity'.
+    """
+    return (st.polysemy * classes + sense) % st.n_labels
+
+
+def shares_label(st: TaskStatic, a: jax.Array, b: jax.Array) -> jax.Array:
+    """Whether classes a and b have a label in common under the fixed map."""
+    d = (st.polysemy * (a - b)) % st.n_labels
+    return (d < st.polysemy) | (d > st.n_labels - st.polysemy)
+
+
+def make_items(st: TaskStatic, mu: jax.Array, eta: jax.Array, scale: jax.Array) -> jax.Array:
+    """Items from prototypes (..., D) and standard-normal noise (..., D) at noise level eps or sigma."""
+    if st.noise == "reddy":  # (mu + eps * eta) / sqrt(1 + eps^2), eta ~ N(0, I/D)
+        return (mu + scale * eta / jnp.sqrt(st.D)) / jnp.sqrt(1.0 + scale**2)
+    return mu + scale * eta  # mu + sigma * N(0, I)
