@@ -1,0 +1,252 @@
+"""Typed, frozen run configuration, and the checks that refuse a bad one before anything compiles.
+
+Hydra composes plain YAML (``conf/``); ``from_dict`` turns the result into these dataclasses, refusing unknown
+keys (with a suggestion), wrong types and values that break a rule, each with one line that names the field,
+the value and the rule. Derived values are computed where they are used, never written back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from data_gen import DYNAMIC_FIELDS, ConfigError, TaskSpec, validate
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A causal transformer over ``x1 y1 x2 y2 ... xL yL xq`` (or one token per (item, label) with 'concat')."""
+
+    n_layers: int = 2
+    n_heads: int = 2
+    d_model: int = 64
+    mlp_ratio: float = 4.0  # 0 = attention-only (Reddy 2023, Singh 2025)
+    layernorm: Literal["pre", "none"] = "pre"
+    pos: Literal["sinusoidal", "learned", "rotary", "none", "onehot"] = "learned"
+    max_offset: int = 0  # 'onehot' (Reddy 2023): positions shifted by a random offset in [0, max_offset]
+    tokens: Literal["interleaved", "concat"] = "interleaved"
+    readout_hidden: tuple[int, ...] = ()  # widths of an MLP readout head; () = linear readout
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd
+    b1: float = 0.9
+    b2: float = 0.999
+    schedule: Literal["constant", "warmup_cosine", "warmup_rsqrt"] = "constant"
+    warmup_steps: int = 0
+    final_lr_fraction: float = 0.0  # warmup_cosine: lr at the last step, as a fraction of lr
+    clip_norm: float = 0.0  # 0 = no gradient clipping
+    weight_decay: float = 0.0  # adamw: decoupled; adam, sgd: L2 added to the gradient
+    decay_mask: Literal["all", "mlp", "attention"] = "all"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 6000
+    batch_size: int = 64
+    seeds: tuple[int, ...] = (0,)  # one ensemble member per seed (times the sweep grid)
+    chunk_steps: int = 250  # training steps per compiled call; metrics leave the device once per chunk
+    context_loss: bool = False  # also train on every context label, not only the query's
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    n_eval: int = 512  # sequences per probe set
+    n_log: int = 16  # log-spaced evaluation steps
+    every: int = 0  # plus one every this many steps (0 = ten evenly spaced evaluations)
+    families: bool = False  # also the shots_k and distance_d families
+    names: tuple[str, ...] = ()  # () = every probe that fits the task
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    progress: bool = True
+    plot: bool = True
+
+
+Values = tuple[Any, ...] | None
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Dynamic task fields that differ per member, each a list (None = not swept).
+
+    The members are the product of the lists (``mode='product'``) or their zip (``mode='zip'``), times the seeds
+    of ``train.seeds``; one compiled program trains them all. Static fields sweep with Hydra multirun (-m).
+    """
+
+    mode: Literal["product", "zip"] = "product"
+    K: Values = None
+    alpha: Values = None
+    p_high: Values = None
+    n_high: Values = None
+    p_bursty: Values = None
+    p_relevant: Values = None
+    L_relevant: Values = None
+    distance: Values = None
+    noise_scale: Values = None
+    N: Values = None
+    p_novel: Values = None
+    label_noise: Values = None
+
+    def swept(self) -> dict[str, tuple[Any, ...]]:
+        return {k: getattr(self, k) for k in DYNAMIC_FIELDS if getattr(self, k) is not None}
+
+
+@dataclass(frozen=True)
+class Config:
+    task: TaskSpec = field(default_factory=TaskSpec)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    name: str = "default"
+
+
+# ------------------------------------------------------------------------------------------ dict -> dataclass
+
+
+def _coerce(path: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(path, value, inner)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(path, value, f"must be one of {', '.join(map(str, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(path, value, "must be a list")
+        inner = args[0]
+        return tuple(_coerce(f"{path}[{i}]", v, inner) for i, v in enumerate(value))
+    if tp is Any:
+        return tuple(value) if isinstance(value, list) else value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, value, "must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, value, "must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(path, value, "must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, value, "must be a string")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(path, tp, value)
+    raise TypeError(f"{path}: unsupported annotation {tp}")  # a bug in this file, not in the user's config
+
+
+def _build(path: str, cls: type, data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(path, data, "must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(names)}"
+            raise ConfigError(
+                f"{path}.{key}".lstrip("."), data[key], f"is not a setting of {path or 'the config'}{hint}"
+            )
+    kwargs = {k: _coerce(f"{path}.{k}".lstrip("."), v, hints[k]) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def schema_dict() -> dict:
+    """Every setting with its default, as plain data: Hydra's base config, so overrides of unknown keys fail."""
+
+    def plain(v):
+        return [plain(x) for x in v] if isinstance(v, tuple | list) else v
+
+    return {k: {kk: plain(vv) for kk, vv in v.items()} if isinstance(v, dict) else v
+            for k, v in dataclasses.asdict(Config()).items()}  # fmt: skip
+
+
+def from_dict(data: dict) -> Config:
+    """Build and validate a Config from the plain mapping Hydra composed."""
+    return validate_config(_build("", Config, data))
+
+
+# ------------------------------------------------------------------------------------------- members and checks
+
+
+def members(cfg: Config) -> list[dict[str, Any]]:
+    """The ensemble: one mapping of coordinates (seed and swept task fields) per member, in a fixed order."""
+    names, values = list(cfg.sweep.swept()), list(cfg.sweep.swept().values())
+    grid = list(zip(*values, strict=True)) if cfg.sweep.mode == "zip" else list(itertools.product(*values))
+    return [{"seed": s, **dict(zip(names, point, strict=True))} for point in grid for s in cfg.train.seeds]
+
+
+def member_tasks(cfg: Config) -> list[TaskSpec]:
+    return [dataclasses.replace(cfg.task, **{k: v for k, v in m.items() if k != "seed"}) for m in members(cfg)]
+
+
+def _need(ok: bool, path: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(path, value, rule)
+
+
+def validate_config(cfg: Config) -> Config:
+    validate(cfg.task)
+    if cfg.sweep.mode == "zip":
+        lengths = {k: len(v) for k, v in cfg.sweep.swept().items()}
+        _need(len(set(lengths.values())) <= 1, "sweep", lengths, "zip mode needs lists of equal length")
+    for k, v in cfg.sweep.swept().items():
+        _need(len(v) >= 1, f"sweep.{k}", v, "must be a non-empty list")
+    for i, spec in enumerate(member_tasks(cfg)):
+        try:
+            validate(spec)
+        except ConfigError as e:
+            raise ConfigError(e.field, e.value, f"{e.rule} (member {i}: {members(cfg)[i]})") from None
+    m, o, t, p = cfg.model, cfg.optim, cfg.train, cfg.probes
+    _need(m.n_layers >= 1, "model.n_layers", m.n_layers, "must be >= 1")
+    _need(m.n_heads >= 1, "model.n_heads", m.n_heads, "must be >= 1")
+    _need(m.d_model % m.n_heads == 0, "model.d_model", m.d_model, f"must be divisible by n_heads ({m.n_heads})")
+    _need(m.pos != "rotary" or (m.d_model // m.n_heads) % 2 == 0, "model.d_model", m.d_model,
+          "rotary positions need an even head dimension")  # fmt: skip
+    _need(m.mlp_ratio >= 0, "model.mlp_ratio", m.mlp_ratio, "must be >= 0 (0 = attention-only)")
+    _need(m.max_offset >= 0, "model.max_offset", m.max_offset, "must be >= 0")
+    _need(m.max_offset == 0 or m.pos == "onehot", "model.max_offset", m.max_offset, "random offsets need pos=onehot")
+    _need(all(h >= 1 for h in m.readout_hidden), "model.readout_hidden", m.readout_hidden, "widths must be >= 1")
+    _need(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    _need(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
+    _need(0 <= o.b1 < 1, "optim.b1", o.b1, "must be in [0, 1)")
+    _need(0 <= o.b2 < 1, "optim.b2", o.b2, "must be in [0, 1)")
+    _need(
+        0 <= o.warmup_steps < t.steps, "optim.warmup_steps", o.warmup_steps, f"must be in [0, train.steps = {t.steps})"
+    )
+    _need(0 <= o.final_lr_fraction <= 1, "optim.final_lr_fraction", o.final_lr_fraction, "must be in [0, 1]")
+    _need(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, "must be >= 0 (0 = off)")
+    _need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    _need(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
+    _need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    _need(len(t.seeds) >= 1, "train.seeds", t.seeds, "needs at least one seed")
+    _need(len(set(t.seeds)) == len(t.seeds), "train.seeds", t.seeds, "seeds must differ")
+    _need(all(s >= 0 for s in t.seeds), "train.seeds", t.seeds, "seeds must be >= 0")
+    _need(t.chunk_steps >= 1, "train.chunk_steps", t.chunk_steps, "must be >= 1")
+    _need(not t.context_loss or m.tokens == "interleaved", "train.context_loss", t.context_loss,
+          "needs model.tokens=interleaved (a concat token already shows its label)")  # fmt: skip
+    _need(p.n_eval >= 1, "probes.n_eval", p.n_eval, "must be >= 1")
+    _need(p.n_log >= 0, "probes.n_log", p.n_log, "must be >= 0")
+    _need(p.every >= 0, "probes.every", p.every, "must be >= 0")
+    return cfg

@@ -1,0 +1,58 @@
+"""Probes of one member, on the device: accuracy and loss on every probe set, split by frequency group.
+
+Probe sets come from the member's eval stream (``fold_in(eval_key, probe index)``), so each evaluation sees the
+same sequences and training never draws them. The list of probes is fixed per run (``probe_list``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from data_gen import TaskParams, TaskStatic, Universe, probe_batch, probe_names
+from data_gen.errors import ConfigError
+from iclwl.config import Config
+from iclwl.model import random_offsets
+
+
+class ProbeMetrics(NamedTuple):
+    acc: jax.Array  # (..., P)
+    loss: jax.Array  # (..., P)
+    group_correct: jax.Array  # (..., P, 2) correct answers among queries of group 0 (common/high) and 1 (rare/low)
+    group_count: jax.Array  # (..., P, 2)
+
+
+def probe_list(cfg: Config, st: TaskStatic) -> list[str]:
+    known = probe_names(st, families=True)
+    if cfg.probes.names:
+        for name in cfg.probes.names:
+            if name not in known:
+                raise ConfigError("probes.names", name, f"unknown probe; this task has {', '.join(known)}")
+        return list(cfg.probes.names)
+    return probe_names(st, families=cfg.probes.families)
+
+
+def evaluate_member(
+    cfg: Config, st: TaskStatic, uni: Universe, model, task: TaskParams, key: jax.Array
+) -> ProbeMetrics:
+    out = []
+    for i, name in enumerate(probe_list(cfg, st)):
+        k_batch, k_offset = jax.random.split(jax.random.fold_in(key, i))
+        batch = probe_batch(name, st, uni, task, k_batch, cfg.probes.n_eval)
+        offset = random_offsets(cfg.model, k_offset, cfg.probes.n_eval)
+        logits = model(batch.items, batch.labels, offset, query_only=True)[:, -1]  # (n, n_labels)
+        correct = jnp.argmax(logits, -1) == batch.labels[:, -1]  # (n,)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels[:, -1])
+        in_group = batch.group[:, None] == jnp.arange(2)  # (n, 2)
+        out.append(
+            ProbeMetrics(
+                acc=correct.mean(),
+                loss=loss.mean(),
+                group_correct=jnp.sum(in_group & correct[:, None], 0),
+                group_count=jnp.sum(in_group, 0),
+            )
+        )
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *out)

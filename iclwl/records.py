@@ -1,0 +1,111 @@
+"""What a run leaves in its directory: metrics.jsonl rows, the resolved config, provenance, a summary table.
+
+Reports read only these files. A row is one (step, member, probe)::
+
+    {"step": 500, "member": 0, "probe": "icl_novel", "acc": 0.41, "loss": 2.1, "acc_common": null,
+     "acc_rare": null, "seed": 0, "p_bursty": 1.0}
+
+Probe "train" rows carry the mean training loss and accuracy over the steps since the previous evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class MetricsFile:
+    """Appends rows to metrics.jsonl, flushed after every chunk so a stopped run keeps what it measured."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = path.open("a")
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    with path.open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_config(path: Path, cfg) -> None:
+    path.write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+
+
+def provenance() -> dict[str, Any]:
+    """Where a run came from: code version, packages, devices, command line."""
+    import flax
+    import jax
+    import optax
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+            return out.stdout.strip() if out.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain")),
+        "python": platform.python_version(),
+        "versions": {m.__name__: m.__version__ for m in (jax, flax, optax, np)},
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "command": sys.argv,
+    }
+
+
+def setting_of(row: dict[str, Any], coords: list[str]) -> tuple:
+    """The swept coordinates of a row, without the seed: rows with equal settings are seeds of one setting."""
+    return tuple((c, row[c]) for c in coords if c != "seed")
+
+
+def summarise(rows: list[dict[str, Any]], coords: list[str]) -> list[dict[str, Any]]:
+    """Per setting and probe: final accuracy (mean, std over seeds), and the peak of the seed-mean curve."""
+    curves: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["probe"] != "train":
+            curves[(setting_of(r, coords), r["probe"])][r["step"]].append(r["acc"])
+    table = []
+    for (setting, probe), by_step in curves.items():
+        steps = sorted(by_step)
+        mean = np.array([np.mean(by_step[s]) for s in steps])
+        final = np.array(by_step[steps[-1]])
+        table.append(
+            {
+                "setting": ", ".join(f"{k}={v}" for k, v in setting) or "-",
+                "probe": probe,
+                "final": float(final.mean()),
+                "final_std": float(final.std()),
+                "peak": float(mean.max()),
+                "peak_step": int(steps[int(mean.argmax())]),
+                "seeds": len(final),
+            }
+        )
+    return table
+
+
+def format_table(table: list[dict[str, Any]]) -> str:
+    lines = ["| setting | probe | final acc | peak acc (step) | seeds |", "|---|---|---|---|---|"]
+    for t in table:
+        lines.append(
+            f"| {t['setting']} | {t['probe']} | {t['final']:.3f} ± {t['final_std']:.3f} "
+            f"| {t['peak']:.3f} ({t['peak_step']}) | {t['seeds']} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""Ensemble training: every leaf of the state carries a leading member axis M; one XLA program per chunk.
+
+A run is a function of its seeds. Each member's seed splits once into three named streams:
+init (parameters), data (batch t is ``sample_batch(task, fold_in(data, t))``) and eval (the probe sets). The
+step counter is the whole data state, so any batch can be regenerated and a resumed run is exact.
+
+``chunk`` is ``jit(scan over S steps (vmap over members (train step)))``: S is fixed, so it compiles once, and
+steps past ``stop`` are skipped (``lax.cond`` on the unbatched step counter), so a chunk can end exactly at an
+evaluation step. ``evaluate`` runs every probe for every member. Metrics leave the device once per call.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from data_gen import TaskParams, TaskStatic, Universe, sample_batch
+from iclwl.config import Config
+from iclwl.model import Transformer, random_offsets
+from iclwl.optim import make_optimizer
+from iclwl.probing import ProbeMetrics, evaluate_member
+
+INIT, DATA, EVAL = 0, 1, 2  # named key streams of a member's seed
+
+
+class Streams(NamedTuple):
+    init: jax.Array
+    data: jax.Array
+    eval: jax.Array
+
+
+def streams(seed: int) -> Streams:
+    root = jax.random.key(seed)
+    return Streams(*(jax.random.fold_in(root, s) for s in (INIT, DATA, EVAL)))
+
+
+class TrainState(NamedTuple):
+    params: nnx.State
+    opt_state: optax.OptState
+
+
+class ChunkOutput(NamedTuple):
+    loss: jax.Array  # (S, M) training loss on the query at each step
+    acc: jax.Array  # (S, M) training accuracy on the query
+    trained: jax.Array  # (S,) bool: this iteration ran a step (False past ``stop``)
+
+
+class Ensemble:
+    """The compiled pieces of one run: initialise, train a chunk, evaluate."""
+
+    def __init__(self, cfg: Config, st: TaskStatic, uni: Universe):
+        self.cfg, self.st, self.uni = cfg, st, uni
+        self.make_model = lambda key: Transformer(cfg.model, st.D, st.n_labels, st.L, rngs=nnx.Rngs(key))
+        self.graphdef, abstract = nnx.split(nnx.eval_shape(lambda: self.make_model(jax.random.key(0))))
+        self.tx = make_optimizer(cfg.optim, cfg.train.steps, abstract)
+        self.init = jax.jit(jax.vmap(self._init_member))
+        self.evaluate = jax.jit(jax.vmap(self._evaluate_member))
+        self.chunk = jax.jit(self._chunk, static_argnames="n", donate_argnums=0)
+
+    # ---- one member
+    def _init_member(self, key: jax.Array) -> TrainState:
+        params = nnx.state(self.make_model(key), nnx.Param)
+        return TrainState(params, self.tx.init(params))
+
+    def _loss(self, params: nnx.State, task: TaskParams, key: jax.Array):
+        k_batch, k_offset = jax.random.split(key)
+        batch = sample_batch(self.st, self.uni, task, k_batch, self.cfg.train.batch_size)
+        model = nnx.merge(self.graphdef, params)
+        offset = random_offsets(self.cfg.model, k_offset, self.cfg.train.batch_size)
+        logits = model(batch.items, batch.labels, offset, query_only=not self.cfg.train.context_loss)
+        targets = batch.labels[:, -logits.shape[1] :]  # (B, R): the query's, or every item's label
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # (B, R)
+        acc = jnp.mean(jnp.argmax(logits[:, -1], -1) == targets[:, -1])
+        return ce.mean(), (ce[:, -1].mean(), acc)
+
+    def _step_member(self, state: TrainState, task: TaskParams, data_key: jax.Array, t: jax.Array):
+        grads, (loss, acc) = jax.grad(self._loss, has_aux=True)(state.params, task, jax.random.fold_in(data_key, t))
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state), loss, acc
+
+    def _evaluate_member(self, params: nnx.State, task: TaskParams, eval_key: jax.Array) -> ProbeMetrics:
+        model = nnx.merge(self.graphdef, params)
+        return evaluate_member(self.cfg, self.st, self.uni, model, task, eval_key)
+
+    # ---- all members, many steps
+    def _chunk(self, state: TrainState, task: TaskParams, data_keys: jax.Array, t0, stop, n: int):
+        """Train steps t0+1 .. stop (at most n) for every member."""
+        step_all = jax.vmap(self._step_member, in_axes=(0, 0, 0, None))
+        M = data_keys.shape[0]
+
+        def body(carry, _):
+            state, t = carry
+            active = t < stop
+            state, loss, acc = jax.lax.cond(
+                active, lambda s: step_all(s, task, data_keys, t), lambda s: (s, jnp.zeros(M), jnp.zeros(M)), state
+            )
+            return (state, t + active.astype(t.dtype)), ChunkOutput(loss, acc, active)
+
+        (state, _), out = jax.lax.scan(body, (state, t0), None, length=n)
+        return state, out

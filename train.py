@@ -1,0 +1,39 @@
+"""Train an ensemble of small transformers on a synthetic ICL/IWL task and record ICL and IWL over training.
+
+    python train.py                                   # the default experiment (CPU, about two minutes)
+    python train.py experiment=iwl_wins               # a preset
+    python train.py task=reddy2023 model=reddy2023 train.steps=20000 train.seeds=[0,1,2]
+    python train.py -m task.L=4,8 sweep.p_bursty=[0.5,1.0]    # Hydra multirun outside, members inside
+
+Outputs go to the Hydra run directory (outputs/<name>/<time>/ by default).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from data_gen import ConfigError
+from iclwl.config import from_dict, schema_dict
+from iclwl.run import run
+
+ConfigStore.instance().store(name="iclwl_schema", node=schema_dict())
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def main(raw: DictConfig) -> None:
+    try:
+        cfg = from_dict(OmegaConf.to_container(raw, resolve=True))
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()
