@@ -10,6 +10,7 @@ Outputs go to the Hydra run directory (outputs/<name>/<time>/ by default).
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ ConfigStore.instance().store(name="iclwl_schema", node=schema_dict())
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(raw: DictConfig) -> None:
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU here" notes at INFO
     try:
         cfg = from_dict(OmegaConf.to_container(raw, resolve=True))
     except ConfigError as e:

@@ -8,8 +8,8 @@ probe          what it holds                                                    
 ============== ===================================================================================== ============
 in_dist        sequences from the training distribution                                              either
 icl_novel      holdout classes, labels assigned at random inside each sequence, relevant context     ICL only
-icl_flip       training classes, every label shifted by one (l -> l + 1 mod n_labels), relevant       ICL only
-               context; the shifted label is the target, so answering from memory scores 0
+icl_flip       training classes, every label shifted (l -> l + polysemy mod n_labels: the next class's   ICL only
+               label), relevant context; the shifted label is the target, so memory scores 0
 iwl_no_support training classes; no context item shares the query's class or its label              IWL only
 ciwl           as iwl_no_support, but one context item (of another class) carries the query's label  IWL / CIWL
 shots_k        training classes, exactly k context items of the query's class (k = 0 .. L)            accuracy vs shots

@@ -25,6 +25,7 @@ A drawn sequence, L = 4, Reddy form, B = 2::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -72,9 +73,25 @@ class Draw:
 TRAIN = Draw()
 
 
-def _split(key: jax.Array, names: str) -> dict[str, jax.Array]:
-    names_ = names.split()
-    return dict(zip(names_, jax.random.split(key, len(names_)), strict=True))
+def _uniforms(key: jax.Array, shapes: dict[str, tuple[int, ...]]) -> dict[str, jax.Array]:
+    """One draw of U[0, 1) numbers, cut into named arrays: one random call instead of many keeps the program
+    small (fast to compile) and the generator fast; every decision of a sequence is read off its own slice."""
+    sizes = [math.prod(shape) for shape in shapes.values()]
+    flat = jax.random.uniform(key, (sum(sizes),))
+    out, start = {}, 0
+    for (name, shape), size in zip(shapes.items(), sizes, strict=True):
+        out[name] = flat[start : start + size].reshape(shape)
+        start += size
+    return out
+
+
+def _int(u: jax.Array, low, high) -> jax.Array:
+    """Uniform integers in [low, high) from U[0, 1) numbers."""
+    return jnp.minimum(low + (u * (high - low)).astype(jnp.int32), high - 1)
+
+
+def _gumbel(u: jax.Array) -> jax.Array:
+    return -jnp.log(-jnp.log(jnp.maximum(u, jnp.finfo(jnp.float32).tiny)))
 
 
 def _pool(st: TaskStatic, draw: Draw, uni: Universe, p: TaskParams) -> tuple[jax.Array, jax.Array]:
@@ -86,9 +103,25 @@ def _pool(st: TaskStatic, draw: Draw, uni: Universe, p: TaskParams) -> tuple[jax
     return ids, jnp.full((st.n_holdout,), 1.0 / st.n_holdout)
 
 
-def _iid_excluding(key: jax.Array, prob: jax.Array, cdf: jax.Array, q: jax.Array, n: int) -> jax.Array:
-    """n i.i.d. pool indices from ``prob`` conditioned on not being q, by inverse CDF (O(n log K))."""
-    v = jax.random.uniform(key, (n,)) * (1.0 - prob[q])
+def _cdf(prob: jax.Array) -> jax.Array:
+    """Normalised CDF of ``prob``, exactly 1 from the last entry with mass on.
+
+    cumsum is a tree-ordered scan on CPU/GPU, so the zero-mass tail (ranks >= K) can sit an ulp above the last
+    real entry; a u in that gap would pick a class with no mass.
+    """
+    last = prob.shape[0] - 1 - jnp.argmax(prob[::-1] > 0)
+    cdf = jnp.cumsum(prob)
+    return jnp.where(jnp.arange(prob.shape[0]) < last, cdf / cdf[last], 1.0)
+
+
+def _inverse_cdf(cdf: jax.Array, u: jax.Array) -> jax.Array:
+    """Index i with cdf[i-1] <= u < cdf[i]; zero-mass entries are never returned (``cdf`` from ``_cdf``)."""
+    return jnp.minimum(jnp.searchsorted(cdf, u, side="right"), jnp.argmax(cdf >= 1.0))
+
+
+def _iid_excluding(u: jax.Array, prob: jax.Array, cdf: jax.Array, q: jax.Array) -> jax.Array:
+    """Pool indices from ``prob`` conditioned on not being q, by inverse CDF (O(log K) each)."""
+    v = u * (1.0 - prob[q])
     x = jnp.where(v < cdf[q] - prob[q], v, v + prob[q])  # skip q's interval of the CDF
     idx = _inverse_cdf(cdf, x)
     # float round-off may land on q itself: take the first other class with mass instead
@@ -96,74 +129,75 @@ def _iid_excluding(key: jax.Array, prob: jax.Array, cdf: jax.Array, q: jax.Array
     return jnp.where(idx == q, fallback, idx)
 
 
-def _inverse_cdf(cdf: jax.Array, u: jax.Array) -> jax.Array:
-    """Index i with cdf[i-1] <= u < cdf[i]; zero-mass entries are never returned."""
-    return jnp.minimum(jnp.searchsorted(cdf, u, side="right"), cdf.shape[0] - 1)
-
-
-def _masked(
-    key: jax.Array,
-    prob: jax.Array,
-    allowed: jax.Array,
-    shape: tuple[int, ...],
-    distinct: bool,
-) -> jax.Array:
-    """Pool indices drawn from ``prob`` restricted to ``allowed``: i.i.d., or distinct (Gumbel top-k)."""
-    if shape[0] == 0:
-        return jnp.zeros(shape, jnp.int32)
+def _masked(u: jax.Array, prob: jax.Array, allowed: jax.Array, n: int, distinct: bool) -> jax.Array:
+    """n pool indices from ``prob`` restricted to ``allowed``, by Gumbel-max: i.i.d. (u: (n, K)) or distinct
+    (top-k of one Gumbel draw, u: (K,))."""
+    if n == 0:
+        return jnp.zeros((0,), jnp.int32)
     logits = jnp.where(allowed & (prob > 0), jnp.log(prob), -jnp.inf)
     if distinct:
-        return jax.lax.top_k(logits + jax.random.gumbel(key, logits.shape), shape[0])[1]
-    return jax.random.categorical(key, logits, shape=shape)
+        return jax.lax.top_k(logits + _gumbel(u), n)[1]
+    return jnp.argmax(logits + _gumbel(u), axis=-1)
 
 
-def _context(st: TaskStatic, draw: Draw, p: TaskParams, ids, prob, q, key) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _draws(st: TaskStatic, draw: Draw, pool: int) -> dict[str, tuple[int, ...]]:
+    """The uniform numbers one sequence uses, by name and shape (only what this task and draw need)."""
+    L, n_fill = st.L, st.L - st.shots * st.ways
+    shapes = {"query": (), "bursty": (), "rel": (), "n_rel": (), "iid": (L,), "place": (L,), "lnoise": (L + 1,),
+              "lrand": (L + 1,), "ciwl": (), "novel": (), "exemplar": (L + 1,), "sense": (L + 1,),
+              "relabel": (st.n_labels,)}  # fmt: skip
+    if draw.exclude_query_label:
+        shapes["iid"] = (L, pool)
+    n_distinct = L // st.B - 1 if st.burst_form == "reddy" else st.ways - 1
+    if n_distinct > 0:
+        shapes["others"] = (pool,)
+    if st.burst_form == "chan2022" and n_fill > 0:
+        shapes["fill"] = (n_fill, pool)
+    return shapes
+
+
+def _context(st: TaskStatic, draw: Draw, p: TaskParams, ids, prob, q, u) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Canonical context (L,) pool indices, the query's class first; the number of them that are relevant; bursty."""
     L = st.L
-    k = _split(key, "bursty rel n_rel iid others fill")
-    cdf = jnp.cumsum(prob)
-    cdf = cdf / cdf[-1]
-    slot = jnp.arange(L)
+    cdf = _cdf(prob)
 
     # non-bursty: controlled relevance, or plain i.i.d.
     if draw.exclude_query_label:  # probes without support: other classes whose labels differ from the query's
         allowed = ~shares_label(st, ids, ids[q]) if draw.pool == "train" else ids != ids[q]
-        others = _masked(k["iid"], prob, allowed, (L,), distinct=False)
+        # with very few active classes all may share the query's label: then only its class is kept out
+        allowed = allowed | (~jnp.any(allowed & (prob > 0)) & (jnp.arange(ids.shape[0]) != q))
+        others = _masked(u["iid"], prob, allowed, L, distinct=False)
     elif st.relevance:
-        others = _iid_excluding(k["iid"], prob, cdf, q, L)
+        others = _iid_excluding(u["iid"], prob, cdf, q)
     else:
-        others = _inverse_cdf(cdf, jax.random.uniform(k["iid"], (L,)))
+        others = _inverse_cdf(cdf, u["iid"])
     if st.relevance:
-        n_rel = L_rel = p.L_relevant if st.exact_relevant else jax.random.randint(k["n_rel"], (), 1, L + 1)
-        n_rel = jnp.where(jax.random.bernoulli(k["rel"], p.p_relevant), L_rel, 0)
+        L_rel = p.L_relevant if st.exact_relevant else _int(u["n_rel"], 1, L + 1)
+        n_rel = jnp.where(u["rel"] < p.p_relevant, L_rel, 0)
     else:
         n_rel = jnp.zeros((), jnp.int32)
-    plain = jnp.where(slot < n_rel, q, others)
+    plain = jnp.where(jnp.arange(L) < n_rel, q, others)
 
     # bursty
     not_q = jnp.arange(prob.shape[0]) != q
     if st.burst_form == "reddy":
-        distinct = _masked(k["others"], prob, not_q, (L // st.B - 1,), distinct=True)
+        distinct = _masked(u.get("others"), prob, not_q, L // st.B - 1, distinct=True)
         burst = jnp.repeat(jnp.concatenate([q[None], distinct]), st.B, total_repeat_length=L)
         n_burst = st.B
     else:
-        distinct = _masked(k["others"], prob, not_q, (st.ways - 1,), distinct=True)
-        block = jnp.repeat(
-            jnp.concatenate([q[None], distinct]),
-            st.shots,
-            total_repeat_length=st.shots * st.ways,
-        )
+        distinct = _masked(u.get("others"), prob, not_q, st.ways - 1, distinct=True)
+        block = jnp.repeat(jnp.concatenate([q[None], distinct]), st.shots, total_repeat_length=st.shots * st.ways)
         in_block = jnp.zeros(prob.shape[0], bool).at[block].set(True)
-        fillers = _masked(k["fill"], prob, ~in_block, (L - st.shots * st.ways,), distinct=False)
+        fillers = _masked(u.get("fill"), prob, ~in_block, L - st.shots * st.ways, distinct=False)
         burst = jnp.concatenate([block, fillers])
         n_burst = st.shots
-    bursty = jax.random.bernoulli(k["bursty"], p.p_bursty)
+    bursty = u["bursty"] < p.p_bursty
     return jnp.where(bursty, burst, plain), jnp.where(bursty, n_burst, n_rel), bursty
 
 
-def _place(st: TaskStatic, p: TaskParams, canon: jax.Array, n_rel: jax.Array, key: jax.Array) -> jax.Array:
+def _place(st: TaskStatic, p: TaskParams, canon: jax.Array, n_rel: jax.Array, u: jax.Array) -> jax.Array:
     """Order the canonical context: relevant items at random slots, or at distances d, d+1, ... from the query."""
-    prio = jax.random.uniform(key, (st.L,))
+    prio = u
     if st.placement == "distance":
         dist = st.L - jnp.arange(st.L)  # slot p sits L - p pairs before the query
         near = (dist - p.distance) % st.L  # 0 at the requested distance, then farther, wrapping round
@@ -182,42 +216,44 @@ def _local_ids(classes: jax.Array) -> jax.Array:
 
 def sample_sequence(st: TaskStatic, draw: Draw, uni: Universe, p: TaskParams, key: jax.Array) -> Batch:
     """One sequence (no batch axis)."""
-    k = _split(
-        key,
-        "novel query context place exemplar noise proto sense relabel lnoise lrand ciwl",
-    )
+    k_u, k_noise, k_fresh = jax.random.split(key, 3)
     ids, prob = _pool(st, draw, uni, p)
-    cdf = jnp.cumsum(prob)
-    q = _inverse_cdf(cdf / cdf[-1], jax.random.uniform(k["query"]))
-    canon, n_rel, bursty = _context(st, draw, p, ids, prob, q, k["context"])
-    pool_idx = jnp.concatenate([_place(st, p, canon, n_rel, k["place"]), q[None]])  # (L+1,)
+    u = _uniforms(k_u, _draws(st, draw, prob.shape[0]))
+    q = _inverse_cdf(_cdf(prob), u["query"])
+    canon, n_rel, bursty = _context(st, draw, p, ids, prob, q, u)
+    pool_idx = jnp.concatenate([_place(st, p, canon, n_rel, u["place"]), q[None]])  # (L+1,)
     classes = ids[pool_idx]
     local = _local_ids(classes)
-    novel = (draw.pool == "train") & st.novel & jax.random.bernoulli(k["novel"], p.p_novel)
+    novel = (draw.pool == "train") & st.novel & (u["novel"] < p.p_novel)
 
     # items
     if st.exemplars > 0:
-        e = jax.random.randint(k["exemplar"], (st.L + 1,), 0, st.exemplars)
-        fresh_eta = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k["noise"], i), (st.D,)))(
-            local * st.exemplars + e
-        )
-        eta = jnp.where(novel, fresh_eta, uni.exemplar_noise[classes, e])
+        e = _int(u["exemplar"], 0, st.exemplars)
+        eta = uni.exemplar_noise[classes, e]
+        if st.novel:  # fresh classes get fresh exemplars
+            fresh = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k_noise, i), (st.D,)))
+            eta = jnp.where(novel, fresh(local * st.exemplars + e), eta)
     else:
-        eta = jax.random.normal(k["noise"], (st.L + 1, st.D))
-    mu = jnp.where(novel, draw_prototypes(st, k["proto"], local), uni.prototypes[classes])
+        eta = jax.random.normal(k_noise, (st.L + 1, st.D))
+    mu = uni.prototypes[classes]
+    if st.novel:
+        mu = jnp.where(novel, draw_prototypes(st, k_fresh, local), mu)
     items = make_items(st, mu, eta, p.noise_scale)
 
     # labels
-    sense = jax.random.randint(k["sense"], (st.L + 1,), 0, st.polysemy)
-    relabel = jax.random.permutation(k["relabel"], st.n_labels)[local]
     random_labels = draw.labels == "random" or (draw.pool == "train" and st.label_map == "random")
-    labels = relabel if random_labels else jnp.where(novel, relabel, labels_of(st, classes, sense))
-    if draw.labels == "flip":
-        labels = (labels + 1) % st.n_labels
+    fixed = labels_of(st, classes, _int(u["sense"], 0, st.polysemy))
+    if random_labels or st.novel:
+        relabel = jnp.argsort(u["relabel"])[local]  # a random injective map: distinct classes, distinct labels
+        labels = relabel if random_labels else jnp.where(novel, relabel, fixed)
+    else:
+        labels = fixed
+    if draw.labels == "flip":  # the next class's label: a memorised answer is never the target
+        labels = (labels + st.polysemy) % st.n_labels
     if draw.ciwl:  # the query's label on one context item of another class
-        labels = labels.at[jax.random.randint(k["ciwl"], (), 0, st.L)].set(labels[-1])
-    noisy = jax.random.bernoulli(k["lnoise"], p.label_noise, (st.L + 1,))
-    labels = jnp.where(noisy, jax.random.randint(k["lrand"], (st.L + 1,), 0, st.n_labels), labels)
+        labels = labels.at[_int(u["ciwl"], 0, st.L)].set(labels[-1])
+    noisy = u["lnoise"] < p.label_noise
+    labels = jnp.where(noisy, _int(u["lrand"], 0, st.n_labels), labels)
 
     if draw.pool == "train":
         group = jnp.where(novel, -1, (q >= head_size(st, p)).astype(jnp.int32))

@@ -14,6 +14,7 @@ nothing reaches JAX that could fail deep inside a trace.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -191,7 +192,7 @@ def icl_probe_classes(spec: TaskSpec | TaskStatic) -> int:
     if spec.relevance:
         return spec.L + 1
     if spec.burst_form == "reddy":
-        return spec.L // spec.B
+        return spec.L // max(spec.B, 1)  # B < 1 is refused by its own rule
     return spec.ways + (spec.L - spec.shots * spec.ways)
 
 
@@ -199,7 +200,8 @@ def _classes_needed(spec: TaskSpec) -> int:
     """Training classes a sequence may need to be distinct from each other."""
     need = 1
     if spec.p_bursty > 0:
-        need = spec.L // spec.B if spec.burst_form == "reddy" else spec.ways + int(spec.L > spec.shots * spec.ways)
+        reddy = spec.L // max(spec.B, 1)  # B < 1 is refused by its own rule
+        need = reddy if spec.burst_form == "reddy" else spec.ways + int(spec.L > spec.shots * spec.ways)
     if spec.p_bursty < 1 and spec.p_relevant is not None:
         need = max(need, 2)  # irrelevant items come from other classes
     return max(need, 2)  # the no-support probe needs a class other than the query's
@@ -212,10 +214,10 @@ def _check_type(spec: TaskSpec) -> None:
         if v is None and "None" in ann:
             continue
         if ann.startswith("int"):
-            ok = isinstance(v, int) and not isinstance(v, bool)
+            ok = isinstance(v, numbers.Integral) and not isinstance(v, bool)
             rule = "must be an integer"
         elif ann.startswith("float"):
-            ok = isinstance(v, int | float) and not isinstance(v, bool)
+            ok = isinstance(v, numbers.Real) and not isinstance(v, bool)
             rule = "must be a number"
         else:  # a Literal alias
             choices = globals()[ann].__args__
@@ -249,7 +251,7 @@ def validate(spec: TaskSpec) -> TaskSpec:
         (s.B >= 1, "B", "the burst size must be >= 1"),
         (s.shots >= 1, "shots", "must be >= 1"),
         (s.ways >= 1, "ways", "must be >= 1"),
-        (s.burst_form != "reddy" or s.L % s.B == 0, "B", f"Reddy bursts: B must divide L ({s.L})"),
+        (s.burst_form != "reddy" or s.L % max(s.B, 1) == 0, "B", f"Reddy bursts: B must divide L ({s.L})"),
         (s.burst_form != "chan2022" or s.shots * s.ways <= s.L, "shots",
          f"the shots x ways block ({s.shots} x {s.ways}) must fit in the context (L = {s.L})"),
         (s.L_relevant is None or s.p_relevant is not None, "L_relevant", "needs p_relevant to be set"),
@@ -263,8 +265,8 @@ def validate(spec: TaskSpec) -> TaskSpec:
         (s.n_labels >= probe_classes, "n_labels", f"the ICL probes give each of {probe_classes} classes its own label"),
         (s.label_map != "identity" or s.n_labels >= s.max_classes * s.polysemy, "n_labels",
          f"identity labels need (n_classes - n_holdout) x polysemy = {s.max_classes * s.polysemy} labels"),
-        (s.label_map != "modulo" or s.polysemy <= s.n_labels, "polysemy", f"modulo labels give at most n_labels "
-         f"({s.n_labels}) distinct labels to one class"),
+        (s.label_map != "modulo" or 2 * s.polysemy <= s.n_labels, "polysemy", f"modulo labels need n_labels "
+         f"({s.n_labels}) >= 2 x polysemy: a class's labels and the next class's (icl_flip) must differ"),
         (s.label_map != "random" or s.polysemy == 1, "polysemy", "polysemy needs a fixed label map (identity, modulo)"),
         (s.label_map != "random" or s.n_labels >= s.L + 1, "n_labels",
          f"random labelling gives each class of a sequence its own label: needs L + 1 = {s.L + 1}"),

@@ -45,10 +45,15 @@ def make_universe(st: TaskStatic) -> Universe:
             (st.exemplars, st.D),
         )
     )(ids)
+    # each class's place in the frequency ranking comes from its own priority, so the ranking of the training
+    # classes keeps its order when n_holdout (or n_classes) changes
+    rank_priority = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, _ORDER), i)))(
+        jnp.arange(st.max_classes)
+    )
     return Universe(
         prototypes=draw_prototypes(st, jax.random.fold_in(key, _PROTO), ids),
         exemplar_noise=noise,
-        order=jax.random.permutation(jax.random.fold_in(key, _ORDER), st.max_classes).astype(jnp.int32),
+        order=jnp.argsort(rank_priority).astype(jnp.int32),
         dataset_key=jax.random.key_data(jax.random.fold_in(key, _DATASET)),
     )
 

@@ -14,7 +14,7 @@ import optax
 
 from data_gen import TaskParams, TaskStatic, Universe, probe_batch, probe_names
 from data_gen.errors import ConfigError
-from iclwl.config import Config
+from iclwl.config import ModelConfig, ProbeConfig
 from iclwl.model import random_offsets
 
 
@@ -25,24 +25,24 @@ class ProbeMetrics(NamedTuple):
     group_count: jax.Array  # (..., P, 2)
 
 
-def probe_list(cfg: Config, st: TaskStatic) -> list[str]:
+def probe_list(probes: ProbeConfig, st: TaskStatic) -> list[str]:
     known = probe_names(st, families=True)
-    if cfg.probes.names:
-        for name in cfg.probes.names:
+    if probes.names:
+        for name in probes.names:
             if name not in known:
                 raise ConfigError("probes.names", name, f"unknown probe; this task has {', '.join(known)}")
-        return list(cfg.probes.names)
-    return probe_names(st, families=cfg.probes.families)
+        return list(probes.names)
+    return probe_names(st, families=probes.families)
 
 
 def evaluate_member(
-    cfg: Config, st: TaskStatic, uni: Universe, model, task: TaskParams, key: jax.Array
+    st: TaskStatic, model_cfg: ModelConfig, probes: ProbeConfig, uni: Universe, model, task: TaskParams, key: jax.Array
 ) -> ProbeMetrics:
     out = []
-    for i, name in enumerate(probe_list(cfg, st)):
+    for i, name in enumerate(probe_list(probes, st)):
         k_batch, k_offset = jax.random.split(jax.random.fold_in(key, i))
-        batch = probe_batch(name, st, uni, task, k_batch, cfg.probes.n_eval)
-        offset = random_offsets(cfg.model, k_offset, cfg.probes.n_eval)
+        batch = probe_batch(name, st, uni, task, k_batch, probes.n_eval)
+        offset = random_offsets(model_cfg, k_offset, probes.n_eval)
         logits = model(batch.items, batch.labels, offset, query_only=True)[:, -1]  # (n, n_labels)
         correct = jnp.argmax(logits, -1) == batch.labels[:, -1]  # (n,)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels[:, -1])

@@ -21,7 +21,7 @@ from iclwl.config import Config, member_tasks, members
 from iclwl.plots import plot_run
 from iclwl.probing import ProbeMetrics, probe_list
 from iclwl.records import MetricsFile, format_table, provenance, summarise, write_config
-from iclwl.training import Ensemble, streams
+from iclwl.training import Program, compiled, streams
 
 
 def eval_schedule(total: int, n_log: int, every: int) -> np.ndarray:
@@ -71,32 +71,32 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     st = ensemble_static(cfg)
     uni = make_universe(st)
     coords = members(cfg)
-    names = probe_list(cfg, st)
+    names = probe_list(cfg.probes, st)
     task = jax.tree.map(lambda *xs: jnp.stack(xs), *[dynamic_part(t) for t in member_tasks(cfg)])
     keys = [streams(c["seed"]) for c in coords]
     init_keys, data_keys, eval_keys = (jnp.stack([getattr(k, f) for k in keys]) for f in ("init", "data", "eval"))
     total = cfg.train.steps
     schedule = eval_schedule(total, cfg.probes.n_log, cfg.probes.every)
-    ens = Ensemble(cfg, st, uni)
+    ens = compiled(Program.of(cfg, st))
 
     write_config(out_dir / "config.json", cfg)
     (out_dir / "provenance.json").write_text(json.dumps(provenance(), indent=2) + "\n")
     metrics = MetricsFile(out_dir / "metrics.jsonl")
     state = ens.init(init_keys)
-    metrics.write(_rows(0, jax.device_get(ens.evaluate(state.params, task, eval_keys)), names, coords))
+    metrics.write(_rows(0, jax.device_get(ens.evaluate(uni, state.params, task, eval_keys)), names, coords))
 
     bar = tqdm(total=total, disable=not cfg.logging.progress, unit="step", dynamic_ncols=True)
     t, chunk, losses, accs = 0, cfg.train.chunk_steps, [], []
     for target in schedule[1:]:
         while t < target:
             stop = min(t + chunk, int(target))
-            state, out = ens.chunk(state, task, data_keys, jnp.int32(t), jnp.int32(stop), n=chunk)
+            state, out = ens.chunk(uni, state, task, data_keys, jnp.int32(t), jnp.int32(stop), n=chunk)
             out = jax.device_get(out)  # the one host sync of the chunk
             losses.append(out.loss[out.trained])
             accs.append(out.acc[out.trained])
             bar.update(stop - t)
             t = stop
-        probes = jax.device_get(ens.evaluate(state.params, task, eval_keys))
+        probes = jax.device_get(ens.evaluate(uni, state.params, task, eval_keys))
         loss, acc = np.concatenate(losses).mean(0), np.concatenate(accs).mean(0)
         metrics.write(_train_rows(t, loss, acc, coords) + _rows(t, probes, names, coords))
         losses, accs = [], []

@@ -11,6 +11,9 @@ evaluation step. ``evaluate`` runs every probe for every member. Metrics leave t
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
@@ -19,10 +22,10 @@ import optax
 from flax import nnx
 
 from data_gen import TaskParams, TaskStatic, Universe, sample_batch
-from iclwl.config import Config
+from iclwl.config import Config, ModelConfig, OptimConfig, ProbeConfig, TrainConfig
 from iclwl.model import Transformer, random_offsets
 from iclwl.optim import make_optimizer
-from iclwl.probing import ProbeMetrics, evaluate_member
+from iclwl.probing import evaluate_member
 
 INIT, DATA, EVAL = 0, 1, 2  # named key streams of a member's seed
 
@@ -49,54 +52,77 @@ class ChunkOutput(NamedTuple):
     trained: jax.Array  # (S,) bool: this iteration ran a step (False past ``stop``)
 
 
-class Ensemble:
-    """The compiled pieces of one run: initialise, train a chunk, evaluate."""
+@dataclass(frozen=True)
+class Program:
+    """Everything compiled into a run: runs with equal programs share their compiled code (sweeps, tests)."""
 
-    def __init__(self, cfg: Config, st: TaskStatic, uni: Universe):
-        self.cfg, self.st, self.uni = cfg, st, uni
-        self.make_model = lambda key: Transformer(cfg.model, st.D, st.n_labels, st.L, rngs=nnx.Rngs(key))
+    task: TaskStatic
+    model: ModelConfig
+    optim: OptimConfig
+    train: TrainConfig  # with seeds blanked: they are data, not program
+    probes: ProbeConfig
+
+    @classmethod
+    def of(cls, cfg: Config, st: TaskStatic) -> Program:
+        return cls(st, cfg.model, cfg.optim, dataclasses.replace(cfg.train, seeds=()), cfg.probes)
+
+
+@functools.cache
+def compiled(program: Program) -> Ensemble:
+    return Ensemble(program)
+
+
+class Ensemble:
+    """The compiled pieces of a program: initialise, train a chunk, evaluate. Get one with ``compiled``."""
+
+    def __init__(self, program: Program):
+        self.prog = prog = program
+        st = prog.task
+        self.make_model = lambda key: Transformer(prog.model, st.D, st.n_labels, st.L, rngs=nnx.Rngs(key))
         self.graphdef, abstract = nnx.split(nnx.eval_shape(lambda: self.make_model(jax.random.key(0))))
-        self.tx = make_optimizer(cfg.optim, cfg.train.steps, abstract)
+        self.tx = make_optimizer(prog.optim, prog.train.steps, abstract)
         self.init = jax.jit(jax.vmap(self._init_member))
-        self.evaluate = jax.jit(jax.vmap(self._evaluate_member))
-        self.chunk = jax.jit(self._chunk, static_argnames="n", donate_argnums=0)
+        self.evaluate = jax.jit(jax.vmap(self._evaluate_member, in_axes=(None, 0, 0, 0)))
+        self.chunk = jax.jit(self._chunk, static_argnames="n", donate_argnums=1)
 
     # ---- one member
     def _init_member(self, key: jax.Array) -> TrainState:
         params = nnx.state(self.make_model(key), nnx.Param)
         return TrainState(params, self.tx.init(params))
 
-    def _loss(self, params: nnx.State, task: TaskParams, key: jax.Array):
+    def _loss(self, params: nnx.State, uni: Universe, task: TaskParams, key: jax.Array):
         k_batch, k_offset = jax.random.split(key)
-        batch = sample_batch(self.st, self.uni, task, k_batch, self.cfg.train.batch_size)
+        B = self.prog.train.batch_size
+        batch = sample_batch(self.prog.task, uni, task, k_batch, B)
         model = nnx.merge(self.graphdef, params)
-        offset = random_offsets(self.cfg.model, k_offset, self.cfg.train.batch_size)
-        logits = model(batch.items, batch.labels, offset, query_only=not self.cfg.train.context_loss)
+        logits = model(batch.items, batch.labels, random_offsets(self.prog.model, k_offset, B),
+                       query_only=not self.prog.train.context_loss)  # fmt: skip
         targets = batch.labels[:, -logits.shape[1] :]  # (B, R): the query's, or every item's label
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # (B, R)
         acc = jnp.mean(jnp.argmax(logits[:, -1], -1) == targets[:, -1])
         return ce.mean(), (ce[:, -1].mean(), acc)
 
-    def _step_member(self, state: TrainState, task: TaskParams, data_key: jax.Array, t: jax.Array):
-        grads, (loss, acc) = jax.grad(self._loss, has_aux=True)(state.params, task, jax.random.fold_in(data_key, t))
+    def _step_member(self, uni: Universe, state: TrainState, task: TaskParams, data_key: jax.Array, t: jax.Array):
+        key = jax.random.fold_in(data_key, t)
+        grads, (loss, acc) = jax.grad(self._loss, has_aux=True)(state.params, uni, task, key)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), opt_state), loss, acc
 
-    def _evaluate_member(self, params: nnx.State, task: TaskParams, eval_key: jax.Array) -> ProbeMetrics:
+    def _evaluate_member(self, uni: Universe, params: nnx.State, task: TaskParams, eval_key: jax.Array):
         model = nnx.merge(self.graphdef, params)
-        return evaluate_member(self.cfg, self.st, self.uni, model, task, eval_key)
+        return evaluate_member(self.prog.task, self.prog.model, self.prog.probes, uni, model, task, eval_key)
 
     # ---- all members, many steps
-    def _chunk(self, state: TrainState, task: TaskParams, data_keys: jax.Array, t0, stop, n: int):
+    def _chunk(self, uni: Universe, state: TrainState, task: TaskParams, data_keys: jax.Array, t0, stop, n: int):
         """Train steps t0+1 .. stop (at most n) for every member."""
-        step_all = jax.vmap(self._step_member, in_axes=(0, 0, 0, None))
+        step_all = jax.vmap(self._step_member, in_axes=(None, 0, 0, 0, None))
         M = data_keys.shape[0]
 
         def body(carry, _):
             state, t = carry
             active = t < stop
             state, loss, acc = jax.lax.cond(
-                active, lambda s: step_all(s, task, data_keys, t), lambda s: (s, jnp.zeros(M), jnp.zeros(M)), state
+                active, lambda s: step_all(uni, s, task, data_keys, t), lambda s: (s, jnp.zeros(M), jnp.zeros(M)), state
             )
             return (state, t + active.astype(t.dtype)), ChunkOutput(loss, acc, active)
 

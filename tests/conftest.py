@@ -5,7 +5,7 @@ import os
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["WANDB_MODE"] = "disabled"
 
-import pytest  # noqa: E402
+import pytest
 
 
 def pytest_addoption(parser):

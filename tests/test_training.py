@@ -5,12 +5,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from data_gen import TaskSpec, dynamic_part, make_universe
 from iclwl.config import Config, ModelConfig, OptimConfig, ProbeConfig, TrainConfig, validate_config
 from iclwl.run import ensemble_static, eval_schedule, run
-from iclwl.training import Ensemble, streams
+from iclwl.training import Program, compiled, streams
 
 TINY_TASK = TaskSpec(L=4, D=8, n_labels=8, n_classes=40, n_holdout=8, B=2, noise_scale=0.1)
 TINY_MODEL = ModelConfig(n_layers=2, n_heads=1, d_model=16, mlp_ratio=2.0)
@@ -29,16 +28,16 @@ def tiny(**changes) -> Config:
 def train(cfg: Config, seeds: list[int], steps: int):
     """Train members with these seeds for ``steps`` steps; return the final params and all chunk outputs."""
     st = ensemble_static(cfg)
-    ens = Ensemble(cfg, st, make_universe(st))
+    ens, uni = compiled(Program.of(cfg, st)), make_universe(st)
     keys = [streams(s) for s in seeds]
     init, data, ev = (jnp.stack([getattr(k, f) for k in keys]) for f in ("init", "data", "eval"))
     task = jax.tree.map(lambda x: jnp.stack([x] * len(seeds)), dynamic_part(cfg.task))
     state = ens.init(init)
     outs = []
     for t in range(0, steps, cfg.train.chunk_steps):
-        state, out = ens.chunk(state, task, data, jnp.int32(t), jnp.int32(steps), n=cfg.train.chunk_steps)
+        state, out = ens.chunk(uni, state, task, data, jnp.int32(t), jnp.int32(steps), n=cfg.train.chunk_steps)
         outs.append(out)
-    return state, jax.tree.map(lambda *xs: np.concatenate(xs), *outs), ens.evaluate(state.params, task, ev)
+    return state, jax.tree.map(lambda *xs: np.concatenate(xs), *outs), ens.evaluate(uni, state.params, task, ev)
 
 
 def test_streams_differ():
@@ -69,11 +68,11 @@ def test_same_seed_same_run():
 def test_untrained_model_scores_chance():
     cfg = tiny(probes=ProbeConfig(n_eval=2000))
     st = ensemble_static(cfg)
-    ens = Ensemble(cfg, st, make_universe(st))
+    ens, uni = compiled(Program.of(cfg, st)), make_universe(st)
     keys = streams(0)
     state = ens.init(keys.init[None])
     task = jax.tree.map(lambda x: x[None], dynamic_part(cfg.task))
-    probes = ens.evaluate(state.params, task, keys.eval[None])
+    probes = ens.evaluate(uni, state.params, task, keys.eval[None])
     chance = 1 / cfg.task.n_labels
     # 2000 queries: a binomial standard error of 0.0074 at p = 1/8; an untrained argmax may lean to one label,
     # which the roughly uniform targets keep near chance too
@@ -92,19 +91,22 @@ def test_tiny_model_learns_iwl():
     assert acc["icl_flip"] < 0.2, acc  # it answers from memory, so shifted labels fail
 
 
-@pytest.mark.parametrize("steps", [400])
-def test_tiny_model_learns_icl(steps):
-    """Random labels in every sequence: only ICL can answer, and a 2-layer model learns to (novel classes too)."""
+def test_tiny_model_learns_icl():
+    """Random labels in every sequence: only ICL can answer, and a 2-layer model learns to, on novel classes too.
+
+    With 2 classes of 2 items in a context of 4, copying any context label scores 0.5: above 0.85 is real ICL.
+    """
     task = dataclasses.replace(TINY_TASK, label_map="random", noise_scale=0.0, D=16, n_labels=8, L=4, B=2)
     cfg = tiny(
         task=task,
         model=dataclasses.replace(TINY_MODEL, d_model=32, n_heads=2),
-        train=TrainConfig(steps=steps, batch_size=64, chunk_steps=100),
-        optim=OptimConfig(lr=3e-3),
+        train=TrainConfig(steps=1200, batch_size=32, chunk_steps=100),
+        optim=OptimConfig(lr=2e-3),
     )
-    _, _, probes = train(cfg, [0], steps)
-    acc = np.asarray(probes.acc[0])
-    assert acc[1] > 0.9, f"icl_novel accuracy {acc[1]:.2f}"
+    _, _, probes = train(cfg, [0], 1200)
+    acc = dict(zip(["in_dist", "icl_novel", "iwl_no_support", "ciwl"], np.asarray(probes.acc[0]), strict=True))
+    assert acc["icl_novel"] > 0.85, acc
+    assert acc["iwl_no_support"] < 0.2, acc  # random labels leave nothing to memorise
 
 
 def test_run_writes_record(tmp_path):
