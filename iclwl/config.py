@@ -219,6 +219,7 @@ def validate_config(cfg: Config) -> Config:
         except ConfigError as e:
             raise ConfigError(e.field, e.value, f"{e.rule} (member {i}: {members(cfg)[i]})") from None
     m, o, t, p = cfg.model, cfg.optim, cfg.train, cfg.probes
+    _need(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
     _need(m.n_layers >= 1, "model.n_layers", m.n_layers, "must be >= 1")
     _need(m.n_heads >= 1, "model.n_heads", m.n_heads, "must be >= 1")
     _need(m.d_model % m.n_heads == 0, "model.d_model", m.d_model, f"must be divisible by n_heads ({m.n_heads})")
@@ -238,7 +239,6 @@ def validate_config(cfg: Config) -> Config:
     _need(0 <= o.final_lr_fraction <= 1, "optim.final_lr_fraction", o.final_lr_fraction, "must be in [0, 1]")
     _need(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, "must be >= 0 (0 = off)")
     _need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
-    _need(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
     _need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     _need(len(t.seeds) >= 1, "train.seeds", t.seeds, "needs at least one seed")
     _need(len(set(t.seeds)) == len(t.seeds), "train.seeds", t.seeds, "seeds must differ")
