@@ -96,6 +96,14 @@ def test_icl_flip(template: dg.TaskSpec, n_labels: int):
     assert np.all(ctx < TRAIN_MAX if template is IID else ctx < 10)
 
 
+def test_icl_flip_with_polysemy_never_targets_a_memorised_label():
+    """With 2 labels a class, the flip moves to the next class's labels, never to the query's own other label."""
+    b, _ = probe("icl_flip", dataclasses.replace(IID, polysemy=2, n_labels=31, p_novel=0.0), seed=5)
+    q, target = b.classes[:, -1], b.labels[:, -1]
+    own = np.stack([(2 * q) % 31, (2 * q + 1) % 31], axis=1)  # the query class's two memorised labels
+    assert not np.any((own == target[:, None]).any(1))
+
+
 @pytest.mark.parametrize("template", [IID, CHAN22], ids=["reddy", "chan2022"])
 def test_icl_novel(template: dg.TaskSpec):
     """Holdout classes only, labelled by a consistent injective map drawn afresh in every sequence."""
