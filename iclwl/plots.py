@@ -45,6 +45,7 @@ def plot_run(rows: list[dict[str, Any]], coords: list[str], path: Path, chance: 
             ax.fill_between(steps, [a.min() for a in accs], [a.max() for a in accs], color=color, alpha=0.15, lw=0)
         ax.axhline(chance, color="gray", lw=0.8, ls="--", label="chance")
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=0)
         ax.set_xlabel("training step")
         ax.set_title(", ".join(f"{k}={v}" for k, v in setting) or title, fontsize=10)
         ax.set_ylim(-0.02, 1.02)
