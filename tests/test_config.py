@@ -24,7 +24,7 @@ ConfigStore.instance().store(name="iclwl_schema", node=schema_dict())
 def composed(*overrides: str) -> dict:
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         if not any(o.startswith("experiment=") for o in overrides):
-            overrides = ("experiment=null", *overrides)  # the bare defaults, without the default experiment
+            overrides = ("experiment=none", *overrides)  # the bare defaults, without the default experiment
         cfg = compose(config_name="config", overrides=list(overrides))
     data = OmegaConf.to_container(cfg, resolve=True)
     data.pop("hydra", None)
@@ -115,7 +115,7 @@ def test_cli_refuses_bad_value_before_compiling(tmp_path):
 
 def test_cli_runs_and_writes_its_record(tmp_path):
     out = _train(
-        "experiment=null", "task.n_classes=72", "task.n_holdout=8", "task.D=8", "model.d_model=16", "train.steps=20",
+        "experiment=none", "task.n_classes=72", "task.n_holdout=8", "task.D=8", "model.d_model=16", "train.steps=20",
         "train.chunk_steps=10", "probes.n_eval=32", "probes.n_log=2", "logging.progress=false",
         "hydra.run.dir=run", cwd=tmp_path,
     )  # fmt: skip
