@@ -32,8 +32,6 @@ from data_gen.spec import TaskParams, TaskStatic
 from data_gen.universe import Universe
 
 PROBES = ("in_dist", "icl_novel", "icl_flip", "iwl_no_support", "ciwl")
-ICL_PROBES = ("icl_novel", "icl_flip")
-IWL_PROBES = ("iwl_no_support",)
 
 
 def _relevant(st: TaskStatic, p: TaskParams) -> tuple[TaskStatic, TaskParams]:

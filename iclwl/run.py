@@ -20,7 +20,7 @@ from data_gen import ConfigError, TaskStatic, dynamic_part, make_universe, stati
 from iclwl.config import Config, member_tasks, members
 from iclwl.plots import plot_run
 from iclwl.probing import ProbeMetrics, probe_list
-from iclwl.records import MetricsFile, format_table, provenance, summarise, write_config
+from iclwl.records import MetricsFile, format_table, provenance, read_metrics, summarise, write_config
 from iclwl.training import Program, compiled, streams
 
 
@@ -115,8 +115,6 @@ def _postfix(loss: np.ndarray, probes: ProbeMetrics, names: list[str]) -> dict[s
 
 
 def _finish(cfg: Config, out_dir: Path, coords: list[dict[str, Any]], st: TaskStatic) -> list[dict[str, Any]]:
-    from iclwl.records import read_metrics
-
     rows = read_metrics(out_dir / "metrics.jsonl")
     keys = list(coords[0])
     table = summarise(rows, keys)
