@@ -101,6 +101,10 @@ class SweepConfig:
         return {k: getattr(self, k) for k in DYNAMIC_FIELDS if getattr(self, k) is not None}
 
 
+# the sweepable fields are listed by hand for readability; they must be exactly the task's dynamic fields
+assert {f.name for f in dataclasses.fields(SweepConfig)} - {"mode"} == set(DYNAMIC_FIELDS)
+
+
 @dataclass(frozen=True)
 class Config:
     task: TaskSpec = field(default_factory=TaskSpec)

@@ -1,6 +1,7 @@
 """Training: ensembles equal single runs, an untrained model scores chance, tiny models really learn."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -114,7 +115,7 @@ def test_run_writes_record(tmp_path):
     table = run(cfg, tmp_path)
     for name in ("metrics.jsonl", "config.json", "provenance.json", "summary.md", "curves.png"):
         assert (tmp_path / name).stat().st_size > 0, name
-    rows = [__import__("json").loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = sorted({r["step"] for r in rows})
     assert steps == eval_schedule(30, 3, 0).tolist()
     assert {r["probe"] for r in rows} == {"train", "in_dist", "icl_novel", "icl_flip", "iwl_no_support", "ciwl"}
