@@ -20,8 +20,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from data_gen import ConfigError
+from iclwl.checkpoints import CheckpointError
 from iclwl.config import from_dict, schema_dict
-from iclwl.run import run
+from iclwl.preemption import Preempted
+from iclwl.run import NonFiniteLoss, run
 
 ConfigStore.instance().store(name="iclwl_schema", node=schema_dict())
 
@@ -29,12 +31,23 @@ ConfigStore.instance().store(name="iclwl_schema", node=schema_dict())
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(raw: DictConfig) -> None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU here" notes at INFO
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax narrates every save at INFO
     try:
         cfg = from_dict(OmegaConf.to_container(raw, resolve=True))
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
-    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    try:
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (CheckpointError, NonFiniteLoss) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except Preempted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,18 @@ class TrainConfig:
     seeds: tuple[int, ...] = (0,)  # one ensemble member per seed (times the sweep grid)
     chunk_steps: int = 250  # training steps per compiled call; metrics leave the device once per chunk
     context_loss: bool = False  # also train on every context label, not only the query's
+    resume: str | None = None  # a run directory to continue (a run also continues in its own directory)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Orbax checkpoints of the whole ensemble under <run dir>/checkpoints; the last one is also written on
+    SIGTERM/SIGINT. ``keep`` bounds the rolling ones; the ``log_spaced`` ones are kept for studying dynamics."""
+
+    enabled: bool = True
+    every: int = 0  # save every this many steps; 0 = at every evaluation step
+    log_spaced: int = 0  # plus this many log-spaced steps, never deleted
+    keep: int = 2  # latest checkpoints kept (besides the log-spaced ones)
 
 
 @dataclass(frozen=True)
@@ -113,6 +125,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     probes: ProbeConfig = field(default_factory=ProbeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     name: str = "default"
 
@@ -250,6 +263,11 @@ def validate_config(cfg: Config) -> Config:
     _need(t.chunk_steps >= 1, "train.chunk_steps", t.chunk_steps, "must be >= 1")
     _need(not t.context_loss or m.tokens == "interleaved", "train.context_loss", t.context_loss,
           "needs model.tokens=interleaved (a concat token already shows its label)")  # fmt: skip
+    c = cfg.checkpoint
+    _need(c.every >= 0, "checkpoint.every", c.every, "must be >= 0 (0 = at every evaluation step)")
+    _need(c.log_spaced >= 0, "checkpoint.log_spaced", c.log_spaced, "must be >= 0")
+    _need(c.keep >= 1, "checkpoint.keep", c.keep, "must be >= 1 (the latest checkpoint is what a resume reads)")
+    _need(t.resume is None or t.resume.strip() != "", "train.resume", t.resume, "must be a run directory or null")
     _need(p.n_eval >= 1, "probes.n_eval", p.n_eval, "must be >= 1")
     _need(p.n_log >= 0, "probes.n_log", p.n_log, "must be >= 0")
     _need(p.every >= 0, "probes.every", p.every, "must be >= 0")

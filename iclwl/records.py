@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -39,8 +40,26 @@ class MetricsFile:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl; a last line cut short by a killed process is ignored."""
+    rows = []
     with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def truncate_metrics(path: Path, step: int) -> int:
+    """Keep only the rows up to ``step`` (where a resumed run picks up); returns how many were dropped.
+    The file is replaced atomically, so an interruption here leaves the old one."""
+    rows = read_metrics(path) if path.exists() else []
+    kept = [r for r in rows if r["step"] <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
+    return len(rows) - len(kept)
 
 
 def write_config(path: Path, cfg) -> None:
@@ -50,8 +69,10 @@ def write_config(path: Path, cfg) -> None:
 def provenance() -> dict[str, Any]:
     """Where a run came from: code version, packages, devices, command line."""
     import flax
+    import hydra
     import jax
     import optax
+    import orbax.checkpoint
 
     def git(*args: str) -> str | None:
         try:
@@ -64,9 +85,13 @@ def provenance() -> dict[str, Any]:
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain")),
         "python": platform.python_version(),
-        "versions": {m.__name__: m.__version__ for m in (jax, flax, optax, np)},
+        "versions": {
+            m.__name__: getattr(m, "__version__", None) for m in (jax, flax, optax, orbax.checkpoint, np, hydra)
+        },
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax_flags": {k: v for k, v in os.environ.items() if k.startswith("JAX_")},
         "command": sys.argv,
     }
 

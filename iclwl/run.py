@@ -1,13 +1,17 @@
 """One run, start to finish: build the ensemble, train it chunk by chunk, write the record.
 
-The host does only bookkeeping: it calls the compiled chunk, pulls its metrics once, writes rows, updates the
-progress bar. Everything else (batches, steps, probes) happens on the device.
+The host does only bookkeeping: it calls the compiled chunk, pulls the members' health once, writes rows, saves
+checkpoints, updates the progress bar. Everything else (batches, steps, probes) happens on the device.
+
+A run continues from the newest readable checkpoint in its directory: metrics rows written after that checkpoint
+are dropped, and since batch t is a function of (seed, t), the continued run is the uninterrupted one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +21,13 @@ import numpy as np
 from tqdm import tqdm
 
 from data_gen import ConfigError, TaskStatic, dynamic_part, make_universe, static_part
+from iclwl.checkpoints import CheckpointError, Checkpoints, checkpoint_steps, resume_conflicts
 from iclwl.config import Config, member_tasks, members
 from iclwl.plots import plot_run
+from iclwl.preemption import Preempted, StopRequests
 from iclwl.probing import ProbeMetrics, probe_list
-from iclwl.records import MetricsFile, format_table, provenance, read_metrics, summarise, write_config
-from iclwl.training import Program, compiled, streams
+from iclwl.records import MetricsFile, format_table, provenance, read_metrics, summarise, truncate_metrics, write_config
+from iclwl.training import Health, Meter, Program, compiled, streams, zero_meter
 
 
 def eval_schedule(total: int, n_log: int, every: int) -> np.ndarray:
@@ -57,17 +63,31 @@ def _rows(step: int, probes: ProbeMetrics, names: list[str], coords: list[dict[s
     return rows
 
 
-def _train_rows(step: int, loss: np.ndarray, acc: np.ndarray, coords: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {"step": step, "member": m, "probe": "train", "acc": float(acc[m]), "loss": float(loss[m]), **coord}
-        for m, coord in enumerate(coords)
-    ]
+def _train_rows(step: int, meter: Meter, health: Health, coords: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean training loss and accuracy over the steps each member took since the last evaluation."""
+    rows = []
+    for m, coord in enumerate(coords):
+        n = int(meter.steps[m])
+        loss, acc = (float(meter.loss[m] / n), float(meter.acc[m] / n)) if n else (None, None)
+        rows.append({"step": step, "member": m, "probe": "train", "acc": acc, "loss": loss,
+                     "stopped_at": None if health.alive[m] else int(health.bad_step[m]), **coord})  # fmt: skip
+    return rows
+
+
+class NonFiniteLoss(Exception):
+    """Every member has stopped on a non-finite step; the last checkpoint holds their last good state."""
 
 
 def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
-    """Train the ensemble of ``cfg``; write metrics.jsonl, config.json, provenance.json, summary.md and
-    curves.png under ``out_dir``. Returns the summary table."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Train the ensemble of ``cfg``; write metrics.jsonl, config.json, provenance.json, checkpoints/,
+    summary.md and curves.png under ``out_dir`` (or under ``cfg.train.resume``, continuing that run).
+    Returns the summary table."""
+    out_dir = Path(cfg.train.resume) if cfg.train.resume else out_dir
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_config(out_dir / "config.json", cfg)
+    except OSError as e:
+        raise ConfigError("output dir", str(out_dir), f"must be writable ({e.strerror})") from None
     st = ensemble_static(cfg)
     uni = make_universe(st)
     coords = members(cfg)
@@ -76,38 +96,98 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     keys = [streams(c["seed"]) for c in coords]
     init_keys, data_keys, eval_keys = (jnp.stack([getattr(k, f) for k in keys]) for f in ("init", "data", "eval"))
     total = cfg.train.steps
-    schedule = eval_schedule(total, cfg.probes.n_log, cfg.probes.every)
+    evals = eval_schedule(total, cfg.probes.n_log, cfg.probes.every)
+    saves, forever = checkpoint_steps(cfg.checkpoint, total, evals)
     ens = compiled(Program.of(cfg, st))
+    origin = provenance()
+    (out_dir / "provenance.json").write_text(json.dumps(origin, indent=2) + "\n")
 
-    write_config(out_dir / "config.json", cfg)
-    (out_dir / "provenance.json").write_text(json.dumps(provenance(), indent=2) + "\n")
-    metrics = MetricsFile(out_dir / "metrics.jsonl")
-    state = ens.init(init_keys)
-    metrics.write(_rows(0, jax.device_get(ens.evaluate(uni, state.params, task, eval_keys)), names, coords))
+    ckpts = Checkpoints(out_dir / "checkpoints", cfg.checkpoint, forever) if cfg.checkpoint.enabled else None
+    fresh = {"state": jax.eval_shape(ens.init, init_keys), "data_keys": jax.random.key_data(data_keys),
+             "eval_keys": jax.random.key_data(eval_keys)}  # fmt: skip
+    restored = ckpts.restore_latest(fresh) if ckpts else None
+    metrics_path = out_dir / "metrics.jsonl"
+    if restored is not None:
+        conflicts = resume_conflicts(restored.meta["config"], cfg)
+        if conflicts:
+            raise ConfigError("train.resume", str(out_dir), "the checkpoint was made with other settings that "
+                              f"change its meaning: {'; '.join(conflicts)}")  # fmt: skip
+        if not np.array_equal(restored.tree["data_keys"], fresh["data_keys"]):
+            raise CheckpointError(f"checkpoint at step {restored.step}: its data keys are not this run's seeds'")
+        state, t = restored.tree["state"], restored.step
+        dropped = truncate_metrics(metrics_path, t)
+        print(f"resuming at step {t} from {ckpts.directory / str(t)}" + (f"; dropped {dropped} metrics rows "
+              "written after it" if dropped else ""))  # fmt: skip
+    else:
+        if metrics_path.exists():
+            metrics_path.unlink()  # rows of an earlier start that left no checkpoint
+        state, t = ens.init(init_keys), 0
+    metrics = MetricsFile(metrics_path)
+    if t == 0:
+        metrics.write(_rows(0, jax.device_get(ens.evaluate(uni, state.params, task, eval_keys)), names, coords))
 
-    bar = tqdm(total=total, disable=not cfg.logging.progress, unit="step", dynamic_ncols=True)
-    t, chunk, losses, accs = 0, cfg.train.chunk_steps, [], []
-    for target in schedule[1:]:
-        while t < target:
-            stop = min(t + chunk, int(target))
-            state, out = ens.chunk(uni, state, task, data_keys, jnp.int32(t), jnp.int32(stop), n=chunk)
-            out = jax.device_get(out)  # the one host sync of the chunk
-            losses.append(out.loss[out.trained])
-            accs.append(out.acc[out.trained])
-            bar.update(stop - t)
-            t = stop
-        probes = jax.device_get(ens.evaluate(uni, state.params, task, eval_keys))
-        loss, acc = np.concatenate(losses).mean(0), np.concatenate(accs).mean(0)
-        metrics.write(_train_rows(t, loss, acc, coords) + _rows(t, probes, names, coords))
-        losses, accs = [], []
-        bar.set_postfix(_postfix(loss, probes, names), refresh=False)
-    bar.close()
-    metrics.close()
+    def save(step: int) -> None:
+        if ckpts is not None:
+            meta = {"config": dataclasses.asdict(cfg), "members": coords, "provenance": origin}
+            ckpts.save(step, {**fresh, "state": state}, meta)
+
+    bar = tqdm(total=total, initial=t, disable=not cfg.logging.progress, unit="step", dynamic_ncols=True)
+    alive = np.asarray(jax.device_get(state.health.alive))
+    chunk = cfg.train.chunk_steps
+    try:
+        with StopRequests() as stop:
+            for target in np.union1d(evals, saves):
+                if target <= t:
+                    continue
+                while t < target:
+                    end = min(t + cfg.train.chunk_steps, int(target))
+                    state, _ = ens.chunk(uni, state, task, data_keys, jnp.int32(t), jnp.int32(end), n=chunk)
+                    health = jax.device_get(state.health)  # the one host sync of the chunk
+                    bar.update(end - t)
+                    t = end
+                    alive = _report_failures(alive, health, coords)
+                    if stop.signum is not None and t < target:  # at the target: evaluate first
+                        save(t)
+                        raise Preempted(stop.signum, t)
+                if target in evals:
+                    probes = jax.device_get(ens.evaluate(uni, state.params, task, eval_keys))
+                    meter = jax.device_get(state.meter)
+                    metrics.write(_train_rows(t, meter, health, coords) + _rows(t, probes, names, coords))
+                    state = state._replace(meter=zero_meter(len(coords)))
+                    bar.set_postfix(_postfix(meter, probes, names), refresh=False)
+                if target in saves or stop.signum is not None:
+                    save(t)
+                if stop.signum is not None:
+                    raise Preempted(stop.signum, t)
+    finally:
+        bar.close()
+        metrics.close()
+        if ckpts is not None:
+            ckpts.close()
     return _finish(cfg, out_dir, coords, st)
 
 
-def _postfix(loss: np.ndarray, probes: ProbeMetrics, names: list[str]) -> dict[str, str]:
-    post = {"loss": f"{loss.mean():.3f}"}
+def _report_failures(alive: np.ndarray, health, coords: list[dict[str, Any]]) -> np.ndarray:
+    """Print each member that stopped since the last look; stop the run when none is left."""
+    now = np.asarray(health.alive)
+    for m in np.flatnonzero(alive & ~now):
+        print(f"member {m} ({_coord_text(coords[m])}): non-finite loss or parameters at step "
+              f"{int(health.bad_step[m])} (loss {float(health.bad_loss[m])}); this member stopped and keeps "
+              "its last good parameters", file=sys.stderr)  # fmt: skip
+    if not now.any():
+        raise NonFiniteLoss(
+            f"every member stopped on a non-finite step (first at step {int(health.bad_step.min())}); "
+            "the last checkpoint holds the last good state. Lower optim.lr or set optim.clip_norm."
+        )
+    return now
+
+
+def _coord_text(coord: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in coord.items())
+
+
+def _postfix(meter: Meter, probes: ProbeMetrics, names: list[str]) -> dict[str, str]:
+    post = {"loss": f"{(meter.loss / np.maximum(meter.steps, 1)).mean():.3f}"}
     for short, name in (("icl", "icl_novel"), ("iwl", "iwl_no_support")):
         if name in names:
             post[short] = f"{probes.acc[:, names.index(name)].mean():.2f}"

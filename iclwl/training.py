@@ -41,15 +41,42 @@ def streams(seed: int) -> Streams:
     return Streams(*(jax.random.fold_in(root, s) for s in (INIT, DATA, EVAL)))
 
 
+class Health(NamedTuple):
+    """A member whose step would give a non-finite loss or parameters stops: it keeps its last good state."""
+
+    alive: jax.Array  # bool
+    bad_step: jax.Array  # int32: the step that failed (-1 while alive)
+    bad_loss: jax.Array  # float32: the loss of that step
+
+
+class Meter(NamedTuple):
+    """Training loss and accuracy summed over the steps since the last evaluation (reset there)."""
+
+    loss: jax.Array
+    acc: jax.Array
+    steps: jax.Array  # int32
+
+
 class TrainState(NamedTuple):
     params: nnx.State
     opt_state: optax.OptState
+    health: Health
+    meter: Meter
 
 
 class ChunkOutput(NamedTuple):
     loss: jax.Array  # (S, M) training loss on the query at each step
     acc: jax.Array  # (S, M) training accuracy on the query
-    trained: jax.Array  # (S,) bool: this iteration ran a step (False past ``stop``)
+    trained: jax.Array  # (S, M) bool: this member took a step (False past ``stop`` and once it has stopped)
+
+
+def zero_meter(M: int | None = None) -> Meter:
+    shape = () if M is None else (M,)
+    return Meter(jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.int32))
+
+
+def all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 @dataclass(frozen=True)
@@ -88,7 +115,8 @@ class Ensemble:
     # ---- one member
     def _init_member(self, key: jax.Array) -> TrainState:
         params = nnx.state(self.make_model(key), nnx.Param)
-        return TrainState(params, self.tx.init(params))
+        health = Health(jnp.bool_(True), jnp.int32(-1), jnp.float32(0))
+        return TrainState(params, self.tx.init(params), health, zero_meter())
 
     def _loss(self, params: nnx.State, uni: Universe, task: TaskParams, key: jax.Array):
         k_batch, k_offset = jax.random.split(key)
@@ -103,10 +131,21 @@ class Ensemble:
         return ce.mean(), (ce[:, -1].mean(), acc)
 
     def _step_member(self, uni: Universe, state: TrainState, task: TaskParams, data_key: jax.Array, t: jax.Array):
+        """Step t + 1 of one member (batch t); a step that is not finite is discarded and stops the member."""
         key = jax.random.fold_in(data_key, t)
         grads, (loss, acc) = jax.grad(self._loss, has_aux=True)(state.params, uni, task, key)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        return TrainState(optax.apply_updates(state.params, updates), opt_state), loss, acc
+        params = optax.apply_updates(state.params, updates)
+        h = state.health
+        finite = jnp.isfinite(loss) & all_finite(params)
+        take = h.alive & finite
+        params, opt_state = jax.tree.map(lambda new, old: jnp.where(take, new, old),
+                                         (params, opt_state), (state.params, state.opt_state))  # fmt: skip
+        failed = h.alive & ~finite
+        health = Health(take, jnp.where(failed, t + 1, h.bad_step), jnp.where(failed, loss, h.bad_loss))
+        m = state.meter
+        meter = Meter(m.loss + jnp.where(take, loss, 0), m.acc + jnp.where(take, acc, 0), m.steps + take)
+        return TrainState(params, opt_state, health, meter), loss, acc, take
 
     def _evaluate_member(self, uni: Universe, params: nnx.State, task: TaskParams, eval_key: jax.Array):
         model = nnx.merge(self.graphdef, params)
@@ -121,10 +160,9 @@ class Ensemble:
         def body(carry, _):
             state, t = carry
             active = t < stop
-            state, loss, acc = jax.lax.cond(
-                active, lambda s: step_all(uni, s, task, data_keys, t), lambda s: (s, jnp.zeros(M), jnp.zeros(M)), state
-            )
-            return (state, t + active.astype(t.dtype)), ChunkOutput(loss, acc, active)
+            idle = lambda s: (s, jnp.zeros(M), jnp.zeros(M), jnp.zeros(M, bool))
+            state, loss, acc, took = jax.lax.cond(active, lambda s: step_all(uni, s, task, data_keys, t), idle, state)
+            return (state, t + active.astype(t.dtype)), ChunkOutput(loss, acc, took)
 
         (state, _), out = jax.lax.scan(body, (state, t0), None, length=n)
         return state, out

@@ -1,0 +1,117 @@
+"""Checkpoints of a run: the whole ensemble state at chosen steps, with what a resume needs to trust it.
+
+A checkpoint is an Orbax step directory under ``<run dir>/checkpoints`` with two items: ``state`` (parameters,
+optimizer state, health and training meters of every member, plus the members' data and eval keys) and ``meta``
+(JSON: step, resolved config, member coordinates, provenance). Orbax writes a step into a temporary directory and
+renames it when complete, so a crash mid-write never replaces a good checkpoint. Nothing is unpickled.
+
+A checkpoint that cannot be read (truncated, corrupt) is moved aside to ``checkpoints_unreadable/`` with a
+warning and the previous one is used; with none left the run stops with one line saying so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from iclwl.config import CheckpointConfig, Config
+from iclwl.training import all_finite
+
+
+class CheckpointError(Exception):
+    """A run directory's checkpoints cannot be used: say which and why, in one line."""
+
+
+class Restored(NamedTuple):
+    step: int
+    tree: Any  # what was saved: {"state": TrainState, "data_keys": ..., "eval_keys": ...}
+    meta: dict[str, Any]
+
+
+# Settings that decide what a checkpoint means; a resume may change anything else (steps, probes, logging, ...).
+MEANING = ("task", "model", "optim", "sweep", "train.batch_size", "train.seeds", "train.context_loss")
+
+
+def checkpoint_steps(cfg: CheckpointConfig, total: int, evals: np.ndarray) -> tuple[np.ndarray, set[int]]:
+    """Steps to save at (always including the last) and the log-spaced ones that are never deleted."""
+    rolling = np.arange(cfg.every, total + 1, cfg.every) if cfg.every else evals[evals > 0]
+    forever = np.unique(np.round(np.geomspace(1, total, cfg.log_spaced)).astype(np.int64)) if cfg.log_spaced else []
+    steps = np.unique(np.concatenate([rolling, forever, [total]]).astype(np.int64))
+    return steps, {int(s) for s in forever}
+
+
+class Checkpoints:
+    def __init__(self, directory: Path, cfg: CheckpointConfig, forever: set[int]):
+        self.directory = directory.absolute()
+        keep = [policies.LatestN(cfg.keep)] + ([policies.CustomSteps(sorted(forever))] if forever else [])
+        options = ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=False,  # a save is complete before training goes on
+            preservation_policy=policies.AnyPreservationPolicy(keep),
+            cleanup_tmp_directories=True,  # half-written steps of a killed run
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def save(self, step: int, tree: Any, meta: dict[str, Any]) -> None:
+        if not bool(all_finite(tree["state"])):  # the step guards this already; never overwrite good with bad
+            raise CheckpointError(f"checkpoint at step {step}: the state holds non-finite values; not written")
+        args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave({**meta, "step": step}))
+        self.manager.save(step, args=args, force=True)
+        self.manager.wait_until_finished()
+
+    def restore_latest(self, like: Any) -> Restored | None:
+        """The newest readable checkpoint (``like``: abstract tree of the state), or None if there is none."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                args = ocp.args.Composite(state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore())
+                got = self.manager.restore(step, args=args)
+                if not bool(all_finite(got["state"]["state"])):
+                    raise ValueError("non-finite values")
+                return Restored(step, got["state"], dict(got["meta"]))
+            except Exception as e:  # any failure to read means: do not trust this step
+                self._set_aside(step, e)
+        if steps:
+            raise CheckpointError(f"checkpoint: none of the checkpoints in {self.directory} could be read "
+                                  f"(steps {sorted(steps)}; moved to {self._aside_dir()})")  # fmt: skip
+        return None
+
+    def _aside_dir(self) -> Path:
+        return self.directory.parent / "checkpoints_unreadable"
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        src = self.directory / str(step)
+        dst = self._aside_dir() / str(step)
+        warnings.warn(f"checkpoint at step {step} is unreadable ({type(error).__name__}: {str(error)[:200]}); "
+                      f"moved to {dst}, trying the previous one", stacklevel=2)  # fmt: skip
+        dst.parent.mkdir(exist_ok=True)
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.move(src, dst)
+        self.manager.reload()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def resume_conflicts(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """Settings that differ between the checkpoint's config and ``cfg`` and would change its meaning."""
+    now = _flat(json.loads(json.dumps(dataclasses.asdict(cfg))))
+    before = _flat(saved)
+    keys = sorted(set(now) | set(before))
+    meaning = [k for k in keys if any(k == m or k.startswith(m + ".") for m in MEANING)]
+    return [f"{k}={before.get(k)!r} -> {now.get(k)!r}" for k in meaning if before.get(k) != now.get(k)]
