@@ -3,7 +3,9 @@
 A checkpoint is an Orbax step directory under ``<run dir>/checkpoints`` with two items: ``state`` (parameters,
 optimizer state, health and training meters of every member, plus the members' data and eval keys) and ``meta``
 (JSON: step, resolved config, member coordinates, provenance). Orbax writes a step into a temporary directory and
-renames it when complete, so a crash mid-write never replaces a good checkpoint. Nothing is unpickled.
+renames it when complete, so a crash mid-write never replaces a good checkpoint. A SHA-256 digest of the
+step's files, written after the commit, finds a truncated or damaged file before Orbax reads it. Nothing is
+unpickled.
 
 A checkpoint that cannot be read (truncated, corrupt) is moved aside to ``checkpoints_unreadable/`` with a
 warning and the previous one is used; with none left the run stops with one line saying so.
@@ -12,9 +14,12 @@ warning and the previous one is used; with none left the run stops with one line
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,6 +42,7 @@ class Restored(NamedTuple):
 
 
 # Settings that decide what a checkpoint means; a resume may change anything else (steps, probes, logging, ...).
+DIGEST = "iclwl_digest.json"  # beside Orbax's files in each step directory
 MEANING = ("task", "model", "optim", "sweep", "train.batch_size", "train.seeds", "train.context_loss")
 
 
@@ -65,18 +71,29 @@ class Checkpoints:
         args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave({**meta, "step": step}))
         self.manager.save(step, args=args, force=True)
         self.manager.wait_until_finished()
+        step_dir = self.directory / str(step)
+        tmp = step_dir / (DIGEST + ".tmp")
+        tmp.write_text(json.dumps(_digest(step_dir), indent=1))
+        os.replace(tmp, step_dir / DIGEST)  # a digest is whole or absent
 
-    def restore_latest(self, like: Any) -> Restored | None:
-        """The newest readable checkpoint (``like``: abstract tree of the state), or None if there is none."""
+    def restore_latest(self, like: Any, check: Callable[[dict[str, Any]], None]) -> Restored | None:
+        """The newest readable checkpoint (``like``: abstract tree of the state), or None if there is none.
+        ``check(meta)`` runs before any array is read and may refuse the checkpoint by raising."""
         steps = sorted(self.manager.all_steps(), reverse=True)
         for step in steps:
             try:
-                args = ocp.args.Composite(state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore())
-                got = self.manager.restore(step, args=args)
+                _verify(self.directory / str(step))
+                meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            except Exception as e:  # any failure to read means: do not trust this step
+                self._set_aside(step, e)
+                continue
+            check(dict(meta))  # a refusal is the user's to fix, not damage: leave the checkpoint where it is
+            try:
+                got = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like)))
                 if not bool(all_finite(got["state"]["state"])):
                     raise ValueError("non-finite values")
-                return Restored(step, got["state"], dict(got["meta"]))
-            except Exception as e:  # any failure to read means: do not trust this step
+                return Restored(step, got["state"], dict(meta))
+            except Exception as e:
                 self._set_aside(step, e)
         if steps:
             raise CheckpointError(f"checkpoint: none of the checkpoints in {self.directory} could be read "
@@ -99,6 +116,22 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _digest(step_dir: Path) -> dict[str, str]:
+    """SHA-256 of every file Orbax wrote for a step, so damage is found before Orbax reads a byte."""
+    files = sorted(f for f in step_dir.rglob("*") if f.is_file() and not f.name.startswith(DIGEST))
+    return {str(f.relative_to(step_dir)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def _verify(step_dir: Path) -> None:
+    path = step_dir / DIGEST
+    if not path.exists():  # the process died between Orbax's commit and the digest: let Orbax judge
+        return
+    want, have = json.loads(path.read_text()), _digest(step_dir)
+    for name, digest in want.items():
+        if have.get(name) != digest:
+            raise ValueError(f"{name} is {'missing' if name not in have else 'changed since it was written'}")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -105,13 +105,16 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     ckpts = Checkpoints(out_dir / "checkpoints", cfg.checkpoint, forever) if cfg.checkpoint.enabled else None
     fresh = {"state": jax.eval_shape(ens.init, init_keys), "data_keys": jax.random.key_data(data_keys),
              "eval_keys": jax.random.key_data(eval_keys)}  # fmt: skip
-    restored = ckpts.restore_latest(fresh) if ckpts else None
-    metrics_path = out_dir / "metrics.jsonl"
-    if restored is not None:
-        conflicts = resume_conflicts(restored.meta["config"], cfg)
+
+    def check(meta: dict[str, Any]) -> None:
+        conflicts = resume_conflicts(meta["config"], cfg)
         if conflicts:
             raise ConfigError("train.resume", str(out_dir), "the checkpoint was made with other settings that "
                               f"change its meaning: {'; '.join(conflicts)}")  # fmt: skip
+
+    restored = ckpts.restore_latest(fresh, check) if ckpts else None
+    metrics_path = out_dir / "metrics.jsonl"
+    if restored is not None:
         if not np.array_equal(restored.tree["data_keys"], fresh["data_keys"]):
             raise CheckpointError(f"checkpoint at step {restored.step}: its data keys are not this run's seeds'")
         state, t = restored.tree["state"], restored.step
