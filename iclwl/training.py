@@ -91,7 +91,7 @@ class Program:
 
     @classmethod
     def of(cls, cfg: Config, st: TaskStatic) -> Program:
-        return cls(st, cfg.model, cfg.optim, dataclasses.replace(cfg.train, seeds=()), cfg.probes)
+        return cls(st, cfg.model, cfg.optim, dataclasses.replace(cfg.train, seeds=(), resume=None), cfg.probes)
 
 
 @functools.cache
