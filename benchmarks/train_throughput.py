@@ -25,13 +25,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from data_gen import TaskSpec, dynamic_part, make_universe
+from data_gen import TaskSpec, make_universe
 from data_gen.presets import preset
 from iclwl.config import Config, ModelConfig, OptimConfig, TrainConfig, validate_config
 from iclwl.model import Transformer
 from iclwl.optim import make_optimizer
 from iclwl.run import ensemble_static
-from iclwl.training import Program, compiled, streams
+from iclwl.training import Program, compiled, member_inputs
 
 SETTINGS = {
     "default": Config(
@@ -92,19 +92,17 @@ def bench_library(cfg: Config, M: int, chunk: int, repeats: int) -> dict:
     st = ensemble_static(cfg)
     uni = make_universe(st)
     ens = compiled(Program.of(cfg, st))
-    keys = [streams(s) for s in range(M)]
-    init, data = jnp.stack([k.init for k in keys]), jnp.stack([k.data for k in keys])
-    task = jax.tree.map(lambda x: jnp.stack([x] * M), dynamic_part(cfg.task))
+    init, mem = member_inputs(cfg)
     state = ens.init(init)
     t = time.perf_counter()
-    state, out = ens.chunk(uni, state, task, data, jnp.int32(0), jnp.int32(chunk), n=chunk)
+    state, out = ens.chunk(uni, state, mem, jnp.int32(0), jnp.int32(chunk), n=chunk)
     jax.block_until_ready(out)
     compile_s = time.perf_counter() - t
     times = []
     for r in range(repeats):
         t0 = chunk * (r + 1)
         t = time.perf_counter()
-        state, out = ens.chunk(uni, state, task, data, jnp.int32(t0), jnp.int32(t0 + chunk), n=chunk)
+        state, out = ens.chunk(uni, state, mem, jnp.int32(t0), jnp.int32(t0 + chunk), n=chunk)
         jax.block_until_ready(out)
         times.append(time.perf_counter() - t)
     return {"steps_per_s": chunk / statistics.median(times), "compile_s": compile_s}

@@ -136,7 +136,9 @@ def _masked(u: jax.Array, prob: jax.Array, allowed: jax.Array, n: int, distinct:
         return jnp.zeros((0,), jnp.int32)
     logits = jnp.where(allowed & (prob > 0), jnp.log(prob), -jnp.inf)
     if distinct:
-        return jax.lax.top_k(logits + _gumbel(u), n)[1]
+        # the n largest, in descending order; a sort rather than lax.top_k, because XLA's SPMD partitioner
+        # gathers a batched top_k across devices, while a batched sort stays where it is
+        return jnp.argsort(-(logits + _gumbel(u)))[:n].astype(jnp.int32)
     return jnp.argmax(logits + _gumbel(u), axis=-1)
 
 

@@ -89,7 +89,7 @@ Values = tuple[Any, ...] | None
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """Dynamic task fields that differ per member, each a list (None = not swept).
+    """Dynamic task fields and optimizer settings that differ per member, each a list (None = not swept).
 
     The members are the product of the lists (``mode='product'``) or their zip (``mode='zip'``), times the seeds
     of ``train.seeds``; one compiled program trains them all. Static fields sweep with Hydra multirun (-m).
@@ -108,13 +108,17 @@ class SweepConfig:
     N: Values = None
     p_novel: Values = None
     label_noise: Values = None
+    lr: Values = None  # optim.lr
+    weight_decay: Values = None  # optim.weight_decay
 
     def swept(self) -> dict[str, tuple[Any, ...]]:
-        return {k: getattr(self, k) for k in DYNAMIC_FIELDS if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in SWEEPABLE if getattr(self, k) is not None}
 
 
-# the sweepable fields are listed by hand for readability; they must be exactly the task's dynamic fields
-assert {f.name for f in dataclasses.fields(SweepConfig)} - {"mode"} == set(DYNAMIC_FIELDS)
+OPTIM_FIELDS = ("lr", "weight_decay")
+SWEEPABLE = (*DYNAMIC_FIELDS, *OPTIM_FIELDS)
+# the sweepable fields are listed by hand for readability; they must be exactly these
+assert {f.name for f in dataclasses.fields(SweepConfig)} - {"mode"} == set(SWEEPABLE)
 
 
 @dataclass(frozen=True)
@@ -215,7 +219,12 @@ def members(cfg: Config) -> list[dict[str, Any]]:
 
 
 def member_tasks(cfg: Config) -> list[TaskSpec]:
-    return [dataclasses.replace(cfg.task, **{k: v for k, v in m.items() if k != "seed"}) for m in members(cfg)]
+    return [dataclasses.replace(cfg.task, **{k: v for k, v in m.items() if k in DYNAMIC_FIELDS}) for m in members(cfg)]
+
+
+def member_optims(cfg: Config) -> list[OptimConfig]:
+    return [dataclasses.replace(cfg.optim, **{k: float(v) for k, v in m.items() if k in OPTIM_FIELDS})
+            for m in members(cfg)]  # fmt: skip
 
 
 def _need(ok: bool, path: str, value: Any, rule: str) -> None:
@@ -235,6 +244,13 @@ def validate_config(cfg: Config) -> Config:
             validate(spec)
         except ConfigError as e:
             raise ConfigError(e.field, e.value, f"{e.rule} (member {i}: {members(cfg)[i]})") from None
+    for k in OPTIM_FIELDS:
+        for v in getattr(cfg.sweep, k) or ():
+            _need(isinstance(v, int | float) and not isinstance(v, bool), f"sweep.{k}", v, "values must be numbers")
+    for i, o in enumerate(member_optims(cfg)):
+        where = f" (member {i}: {members(cfg)[i]})" if cfg.sweep.lr or cfg.sweep.weight_decay else ""
+        _need(o.lr > 0, "optim.lr", o.lr, "must be > 0" + where)
+        _need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0" + where)
     m, o, t, p = cfg.model, cfg.optim, cfg.train, cfg.probes
     _need(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
     _need(m.n_layers >= 1, "model.n_layers", m.n_layers, "must be >= 1")
@@ -246,7 +262,6 @@ def validate_config(cfg: Config) -> Config:
     _need(m.max_offset >= 0, "model.max_offset", m.max_offset, "must be >= 0")
     _need(m.max_offset == 0 or m.pos == "onehot", "model.max_offset", m.max_offset, "random offsets need pos=onehot")
     _need(all(h >= 1 for h in m.readout_hidden), "model.readout_hidden", m.readout_hidden, "widths must be >= 1")
-    _need(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _need(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
     _need(0 <= o.b1 < 1, "optim.b1", o.b1, "must be in [0, 1)")
     _need(0 <= o.b2 < 1, "optim.b2", o.b2, "must be in [0, 1)")
@@ -255,7 +270,6 @@ def validate_config(cfg: Config) -> Config:
     )
     _need(0 <= o.final_lr_fraction <= 1, "optim.final_lr_fraction", o.final_lr_fraction, "must be in [0, 1]")
     _need(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, "must be >= 0 (0 = off)")
-    _need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
     _need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     _need(len(t.seeds) >= 1, "train.seeds", t.seeds, "needs at least one seed")
     _need(len(set(t.seeds)) == len(t.seeds), "train.seeds", t.seeds, "seeds must differ")

@@ -6,21 +6,31 @@ whether transient ICL survives, so the mask is a first-class option.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import optax
 
 from iclwl.config import OptimConfig
 
 
-def schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+class OptimParams(NamedTuple):
+    """The optimizer settings that may differ per member (arrays, so a sweep over them compiles once)."""
+
+    lr: jax.Array
+    weight_decay: jax.Array
+
+
+def schedule(cfg: OptimConfig, total_steps: int, lr=None) -> optax.Schedule:
+    lr = cfg.lr if lr is None else lr
     if cfg.schedule == "constant":
-        return optax.constant_schedule(cfg.lr)
+        return optax.constant_schedule(lr)
     if cfg.schedule == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(
-            0.0, cfg.lr, cfg.warmup_steps, total_steps, end_value=cfg.lr * cfg.final_lr_fraction
+            0.0, lr, cfg.warmup_steps, total_steps, end_value=lr * cfg.final_lr_fraction
         )
     warmup = max(cfg.warmup_steps, 1)  # warmup_rsqrt: linear warm-up, then lr * sqrt(warmup / step)
-    return lambda step: cfg.lr * jax.numpy.minimum(step / warmup, jax.numpy.sqrt(warmup / jax.numpy.maximum(step, 1)))
+    return lambda step: lr * jax.numpy.minimum(step / warmup, jax.numpy.sqrt(warmup / jax.numpy.maximum(step, 1)))
 
 
 def decay_mask(cfg: OptimConfig, params) -> object:
@@ -35,12 +45,17 @@ def decay_mask(cfg: OptimConfig, params) -> object:
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int, params) -> optax.GradientTransformation:
-    """clip -> (L2) -> adam / momentum -> (decoupled decay) -> -lr."""
+def make_optimizer(cfg: OptimConfig, total_steps: int, params, hyper: OptimParams | None = None):
+    """clip -> (L2) -> adam / momentum -> (decoupled decay) -> -lr.
+
+    ``hyper`` (a member's lr and weight decay, possibly traced) replaces ``cfg.lr`` and ``cfg.weight_decay``;
+    whether a decay step exists at all is decided by ``cfg.weight_decay > 0``, so the state has one structure.
+    """
+    lr, wd = (cfg.lr, cfg.weight_decay) if hyper is None else hyper
     parts = []
     if cfg.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-    decay = optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask(cfg, params)) if cfg.weight_decay else None
+    decay = optax.add_decayed_weights(wd, mask=decay_mask(cfg, params)) if cfg.weight_decay else None
     if decay is not None and cfg.name != "adamw":  # coupled L2: the penalty's gradient enters the moments
         parts.append(decay)
     if cfg.name in ("adam", "adamw"):
@@ -49,5 +64,5 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, params) -> optax.Gradient
         parts.append(optax.trace(decay=cfg.momentum))
     if decay is not None and cfg.name == "adamw":
         parts.append(decay)
-    parts.append(optax.scale_by_learning_rate(schedule(cfg, total_steps)))
+    parts.append(optax.scale_by_learning_rate(schedule(cfg, total_steps, lr)))
     return optax.chain(*parts)

@@ -20,14 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from data_gen import ConfigError, TaskStatic, dynamic_part, make_universe, static_part
+from data_gen import ConfigError, TaskStatic, make_universe, static_part
 from iclwl.checkpoints import CheckpointError, Checkpoints, checkpoint_steps, resume_conflicts
 from iclwl.config import Config, member_tasks, members
 from iclwl.plots import plot_run
 from iclwl.preemption import Preempted, StopRequests
 from iclwl.probing import ProbeMetrics, probe_list
 from iclwl.records import MetricsFile, format_table, provenance, read_metrics, summarise, truncate_metrics, write_config
-from iclwl.training import Health, Meter, Program, compiled, streams, zero_meter
+from iclwl.sharding import Layout
+from iclwl.training import Health, Meter, Program, compiled, member_inputs, zero_meter
 
 
 def eval_schedule(total: int, n_log: int, every: int) -> np.ndarray:
@@ -92,19 +93,21 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     uni = make_universe(st)
     coords = members(cfg)
     names = probe_list(cfg.probes, st)
-    task = jax.tree.map(lambda *xs: jnp.stack(xs), *[dynamic_part(t) for t in member_tasks(cfg)])
-    keys = [streams(c["seed"]) for c in coords]
-    init_keys, data_keys, eval_keys = (jnp.stack([getattr(k, f) for k in keys]) for f in ("init", "data", "eval"))
+    init_keys, mem = member_inputs(cfg)
     total = cfg.train.steps
     evals = eval_schedule(total, cfg.probes.n_log, cfg.probes.every)
     saves, forever = checkpoint_steps(cfg.checkpoint, total, evals)
-    ens = compiled(Program.of(cfg, st))
+    layout = Layout.for_members(len(coords), cfg.train.batch_size)
+    ens = compiled(Program.of(cfg, st, layout.mesh))
+    uni, mem, init_keys = layout.put_replicated(uni), layout.put_members(mem), layout.put_members(init_keys)
+    if layout.mesh.size > 1:
+        print(f"{len(coords)} member(s) on {layout.describe()}")
     origin = provenance()
     (out_dir / "provenance.json").write_text(json.dumps(origin, indent=2) + "\n")
 
     ckpts = Checkpoints(out_dir / "checkpoints", cfg.checkpoint, forever) if cfg.checkpoint.enabled else None
-    fresh = {"state": jax.eval_shape(ens.init, init_keys), "data_keys": jax.random.key_data(data_keys),
-             "eval_keys": jax.random.key_data(eval_keys)}  # fmt: skip
+    fresh = {"state": jax.eval_shape(ens.init, init_keys), "data_keys": jax.random.key_data(mem.data_key),
+             "eval_keys": jax.random.key_data(mem.eval_key)}  # fmt: skip
 
     def check(meta: dict[str, Any]) -> None:
         conflicts = resume_conflicts(meta["config"], cfg)
@@ -117,7 +120,7 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     if restored is not None:
         if not np.array_equal(restored.tree["data_keys"], fresh["data_keys"]):
             raise CheckpointError(f"checkpoint at step {restored.step}: its data keys are not this run's seeds'")
-        state, t = restored.tree["state"], restored.step
+        state, t = layout.put_members(restored.tree["state"]), restored.step
         dropped = truncate_metrics(metrics_path, t)
         print(f"resuming at step {t} from {ckpts.directory / str(t)}" + (f"; dropped {dropped} metrics rows "
               "written after it" if dropped else ""))  # fmt: skip
@@ -127,7 +130,7 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
         state, t = ens.init(init_keys), 0
     metrics = MetricsFile(metrics_path)
     if t == 0:
-        metrics.write(_rows(0, jax.device_get(ens.evaluate(uni, state.params, task, eval_keys)), names, coords))
+        metrics.write(_rows(0, jax.device_get(ens.evaluate(uni, state.params, mem)), names, coords))
 
     def save(step: int) -> None:
         if ckpts is not None:
@@ -144,7 +147,7 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
                     continue
                 while t < target:
                     end = min(t + cfg.train.chunk_steps, int(target))
-                    state, _ = ens.chunk(uni, state, task, data_keys, jnp.int32(t), jnp.int32(end), n=chunk)
+                    state, _ = ens.chunk(uni, state, mem, jnp.int32(t), jnp.int32(end), n=chunk)
                     health = jax.device_get(state.health)  # the one host sync of the chunk
                     bar.update(end - t)
                     t = end
@@ -153,10 +156,10 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
                         save(t)
                         raise Preempted(stop.signum, t)
                 if target in evals:
-                    probes = jax.device_get(ens.evaluate(uni, state.params, task, eval_keys))
+                    probes = jax.device_get(ens.evaluate(uni, state.params, mem))
                     meter = jax.device_get(state.meter)
                     metrics.write(_train_rows(t, meter, health, coords) + _rows(t, probes, names, coords))
-                    state = state._replace(meter=zero_meter(len(coords)))
+                    state = state._replace(meter=layout.put_members(zero_meter(len(coords))))
                     bar.set_postfix(_postfix(meter, probes, names), refresh=False)
                 if target in saves or stop.signum is not None:
                     save(t)

@@ -20,11 +20,21 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from data_gen import TaskParams, TaskStatic, Universe, sample_batch
-from iclwl.config import Config, ModelConfig, OptimConfig, ProbeConfig, TrainConfig
+from data_gen import TaskParams, TaskStatic, Universe, dynamic_part, sample_batch
+from iclwl.config import (
+    Config,
+    ModelConfig,
+    OptimConfig,
+    ProbeConfig,
+    TrainConfig,
+    member_optims,
+    member_tasks,
+    members,
+)
 from iclwl.model import Transformer, random_offsets
-from iclwl.optim import make_optimizer
+from iclwl.optim import OptimParams, make_optimizer
 from iclwl.probing import evaluate_member
 
 INIT, DATA, EVAL = 0, 1, 2  # named key streams of a member's seed
@@ -88,10 +98,35 @@ class Program:
     optim: OptimConfig
     train: TrainConfig  # with seeds blanked: they are data, not program
     probes: ProbeConfig
+    mesh: Mesh | None = None  # iclwl.sharding.Layout's mesh; None: one device
 
     @classmethod
-    def of(cls, cfg: Config, st: TaskStatic) -> Program:
-        return cls(st, cfg.model, cfg.optim, dataclasses.replace(cfg.train, seeds=(), resume=None), cfg.probes)
+    def of(cls, cfg: Config, st: TaskStatic, mesh: Mesh | None = None) -> Program:
+        # a member's lr and weight decay are data (MemberInputs.optim); only whether decay exists is compiled in
+        decays = any(o.weight_decay > 0 for o in member_optims(cfg))
+        optim = dataclasses.replace(cfg.optim, lr=0.0, weight_decay=1.0 if decays else 0.0)
+        train = dataclasses.replace(cfg.train, seeds=(), resume=None)
+        return cls(st, cfg.model, optim, train, cfg.probes, mesh if mesh is not None and mesh.size > 1 else None)
+
+
+class MemberInputs(NamedTuple):
+    """What differs between members besides their state; every leaf has a leading member axis."""
+
+    task: TaskParams
+    optim: OptimParams
+    data_key: jax.Array
+    eval_key: jax.Array
+
+
+def member_inputs(cfg: Config) -> tuple[jax.Array, MemberInputs]:
+    """The init keys and the inputs of every member of ``cfg``, in ``members(cfg)`` order."""
+    keys = [streams(c["seed"]) for c in members(cfg)]
+    init, data, ev = (jnp.stack([getattr(k, f) for k in keys]) for f in ("init", "data", "eval"))
+    task = jax.tree.map(lambda *xs: jnp.stack(xs), *[dynamic_part(t) for t in member_tasks(cfg)])
+    optims = member_optims(cfg)
+    optim = OptimParams(jnp.array([o.lr for o in optims], jnp.float32),
+                        jnp.array([o.weight_decay for o in optims], jnp.float32))  # fmt: skip
+    return init, MemberInputs(task, optim, data, ev)
 
 
 @functools.cache
@@ -109,7 +144,7 @@ class Ensemble:
         self.graphdef, abstract = nnx.split(nnx.eval_shape(lambda: self.make_model(jax.random.key(0))))
         self.tx = make_optimizer(prog.optim, prog.train.steps, abstract)
         self.init = jax.jit(jax.vmap(self._init_member))
-        self.evaluate = jax.jit(jax.vmap(self._evaluate_member, in_axes=(None, 0, 0, 0)))
+        self.evaluate = jax.jit(jax.vmap(self._evaluate_member, in_axes=(None, 0, 0)))
         self.chunk = jax.jit(self._chunk, static_argnames="n", donate_argnums=1)
 
     # ---- one member
@@ -122,6 +157,9 @@ class Ensemble:
         k_batch, k_offset = jax.random.split(key)
         B = self.prog.train.batch_size
         batch = sample_batch(self.prog.task, uni, task, k_batch, B)
+        mesh = self.prog.mesh
+        if mesh is not None and mesh.shape["batch"] > 1:  # few members: split each one's batch over devices
+            batch = jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, PartitionSpec("batch")))
         model = nnx.merge(self.graphdef, params)
         logits = model(batch.items, batch.labels, random_offsets(self.prog.model, k_offset, B),
                        query_only=not self.prog.train.context_loss)  # fmt: skip
@@ -130,11 +168,12 @@ class Ensemble:
         acc = jnp.mean(jnp.argmax(logits[:, -1], -1) == targets[:, -1])
         return ce.mean(), (ce[:, -1].mean(), acc)
 
-    def _step_member(self, uni: Universe, state: TrainState, task: TaskParams, data_key: jax.Array, t: jax.Array):
+    def _step_member(self, uni: Universe, state: TrainState, mem: MemberInputs, t: jax.Array):
         """Step t + 1 of one member (batch t); a step that is not finite is discarded and stops the member."""
-        key = jax.random.fold_in(data_key, t)
-        grads, (loss, acc) = jax.grad(self._loss, has_aux=True)(state.params, uni, task, key)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        key = jax.random.fold_in(mem.data_key, t)
+        grads, (loss, acc) = jax.grad(self._loss, has_aux=True)(state.params, uni, mem.task, key)
+        tx = make_optimizer(self.prog.optim, self.prog.train.steps, state.params, mem.optim)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         h = state.health
         finite = jnp.isfinite(loss) & all_finite(params)
@@ -147,21 +186,22 @@ class Ensemble:
         meter = Meter(m.loss + jnp.where(take, loss, 0), m.acc + jnp.where(take, acc, 0), m.steps + take)
         return TrainState(params, opt_state, health, meter), loss, acc, take
 
-    def _evaluate_member(self, uni: Universe, params: nnx.State, task: TaskParams, eval_key: jax.Array):
+    def _evaluate_member(self, uni: Universe, params: nnx.State, mem: MemberInputs):
         model = nnx.merge(self.graphdef, params)
-        return evaluate_member(self.prog.task, self.prog.model, self.prog.probes, uni, model, task, eval_key)
+        return evaluate_member(self.prog.task, self.prog.model, self.prog.probes, uni, model, mem.task, mem.eval_key)
 
     # ---- all members, many steps
-    def _chunk(self, uni: Universe, state: TrainState, task: TaskParams, data_keys: jax.Array, t0, stop, n: int):
+    def _chunk(self, uni: Universe, state: TrainState, mem: MemberInputs, t0, stop, n: int):
         """Train steps t0+1 .. stop (at most n) for every member."""
-        step_all = jax.vmap(self._step_member, in_axes=(None, 0, 0, 0, None))
-        M = data_keys.shape[0]
+        axis = "members" if self.prog.mesh is not None else None
+        step_all = jax.vmap(self._step_member, in_axes=(None, 0, 0, None), spmd_axis_name=axis)
+        M = mem.data_key.shape[0]
 
         def body(carry, _):
             state, t = carry
             active = t < stop
             idle = lambda s: (s, jnp.zeros(M), jnp.zeros(M), jnp.zeros(M, bool))
-            state, loss, acc, took = jax.lax.cond(active, lambda s: step_all(uni, s, task, data_keys, t), idle, state)
+            state, loss, acc, took = jax.lax.cond(active, lambda s: step_all(uni, s, mem, t), idle, state)
             return (state, t + active.astype(t.dtype)), ChunkOutput(loss, acc, took)
 
         (state, _), out = jax.lax.scan(body, (state, t0), None, length=n)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from test_training import TINY_MODEL, TINY_TASK
 
-from data_gen import ConfigError, dynamic_part, make_universe
+from data_gen import ConfigError, make_universe
 from iclwl import run as run_module
 from iclwl.checkpoints import CheckpointError, Checkpoints
 from iclwl.config import (
@@ -31,7 +31,7 @@ from iclwl.config import (
 )  # fmt: skip
 from iclwl.preemption import Preempted
 from iclwl.run import NonFiniteLoss, ensemble_static, run
-from iclwl.training import Program, compiled, streams
+from iclwl.training import Program, compiled, member_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def final_params(out: Path, cfg: Config):
     """The parameters of the newest checkpoint of a finished run."""
     st = ensemble_static(cfg)
     ens = compiled(Program.of(cfg, st))
-    init = jnp.stack([streams(s).init for s in cfg.train.seeds])
+    init, _ = member_inputs(cfg)
     like = {"state": jax.eval_shape(ens.init, init), "data_keys": None, "eval_keys": None}
     like["data_keys"] = like["eval_keys"] = jax.ShapeDtypeStruct((len(cfg.train.seeds), 2), jnp.uint32)
     ck = Checkpoints(out / "checkpoints", cfg.checkpoint, set())
@@ -174,19 +174,17 @@ def test_non_finite_member_stops_alone_and_keeps_its_last_good_state():
     cfg = tiny()
     st = ensemble_static(cfg)
     ens, uni = compiled(Program.of(cfg, st)), make_universe(st)
-    keys = [streams(s) for s in (0, 1)]
-    init, data = (jnp.stack([getattr(k, f) for k in keys]) for f in ("init", "data"))
-    task = jax.tree.map(lambda x: jnp.stack([x, x]), dynamic_part(cfg.task))
+    init, mem = member_inputs(cfg)
     clean = ens.init(init)
-    ref, _ = ens.chunk(uni, clean, task, data, jnp.int32(0), jnp.int32(5), n=7)
+    ref, _ = ens.chunk(uni, clean, mem, jnp.int32(0), jnp.int32(5), n=7)
     ref = jax.device_get(ref)
 
     state = ens.init(init)
-    state, _ = ens.chunk(uni, state, task, data, jnp.int32(0), jnp.int32(3), n=7)
+    state, _ = ens.chunk(uni, state, mem, jnp.int32(0), jnp.int32(3), n=7)
     good = jax.device_get(state.params)
     poison = jax.tree.map(lambda x: x.at[1].multiply(jnp.inf) if x.dtype == jnp.float32 else x, state.opt_state)
     state = state._replace(opt_state=poison)  # member 1's next update is inf
-    state, out = ens.chunk(uni, state, task, data, jnp.int32(3), jnp.int32(5), n=7)
+    state, out = ens.chunk(uni, state, mem, jnp.int32(3), jnp.int32(5), n=7)
     h = jax.device_get(state.health)
     assert list(h.alive) == [True, False] and int(h.bad_step[1]) == 4 and int(h.bad_step[0]) == -1
     assert list(np.asarray(out.trained)[:2, 1]) == [False, False] and np.asarray(out.trained)[:2, 0].all()

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data_gen import TaskSpec, dynamic_part, make_universe
+from data_gen import TaskSpec, make_universe
 from iclwl.config import Config, ModelConfig, OptimConfig, ProbeConfig, TrainConfig, validate_config
 from iclwl.run import ensemble_static, eval_schedule, run
-from iclwl.training import Program, compiled, streams
+from iclwl.training import Program, compiled, member_inputs, streams
 
 TINY_TASK = TaskSpec(L=4, D=8, n_labels=8, n_classes=40, n_holdout=8, B=2, noise_scale=0.1)
 TINY_MODEL = ModelConfig(n_layers=2, n_heads=1, d_model=16, mlp_ratio=2.0)
@@ -28,17 +28,16 @@ def tiny(**changes) -> Config:
 
 def train(cfg: Config, seeds: list[int], steps: int):
     """Train members with these seeds for ``steps`` steps; return the final params and all chunk outputs."""
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seeds=tuple(seeds)))
     st = ensemble_static(cfg)
     ens, uni = compiled(Program.of(cfg, st)), make_universe(st)
-    keys = [streams(s) for s in seeds]
-    init, data, ev = (jnp.stack([getattr(k, f) for k in keys]) for f in ("init", "data", "eval"))
-    task = jax.tree.map(lambda x: jnp.stack([x] * len(seeds)), dynamic_part(cfg.task))
+    init, mem = member_inputs(cfg)
     state = ens.init(init)
     outs = []
     for t in range(0, steps, cfg.train.chunk_steps):
-        state, out = ens.chunk(uni, state, task, data, jnp.int32(t), jnp.int32(steps), n=cfg.train.chunk_steps)
+        state, out = ens.chunk(uni, state, mem, jnp.int32(t), jnp.int32(steps), n=cfg.train.chunk_steps)
         outs.append(out)
-    return state, jax.tree.map(lambda *xs: np.concatenate(xs), *outs), ens.evaluate(uni, state.params, task, ev)
+    return state, jax.tree.map(lambda *xs: np.concatenate(xs), *outs), ens.evaluate(uni, state.params, mem)
 
 
 def test_streams_differ():
@@ -70,10 +69,9 @@ def test_untrained_model_scores_chance():
     cfg = tiny(probes=ProbeConfig(n_eval=2000))
     st = ensemble_static(cfg)
     ens, uni = compiled(Program.of(cfg, st)), make_universe(st)
-    keys = streams(0)
-    state = ens.init(keys.init[None])
-    task = jax.tree.map(lambda x: x[None], dynamic_part(cfg.task))
-    probes = ens.evaluate(uni, state.params, task, keys.eval[None])
+    init, mem = member_inputs(cfg)
+    state = ens.init(init)
+    probes = ens.evaluate(uni, state.params, mem)
     chance = 1 / cfg.task.n_labels
     # 2000 queries: a binomial standard error of 0.0074 at p = 1/8; an untrained argmax may lean to one label,
     # which the roughly uniform targets keep near chance too

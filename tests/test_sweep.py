@@ -1,0 +1,80 @@
+"""Sweeps inside one program: each member of a grid equals its own single run; sharding changes nothing."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+from test_training import tiny, train
+
+from data_gen import ConfigError
+from iclwl.config import OptimConfig, SweepConfig, members, validate_config
+from iclwl.sharding import Layout
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_p_relevant_lr_seed_grid_equals_single_runs():
+    base = tiny(task=dataclasses.replace(tiny().task, p_relevant=0.5))
+    grid = validate_config(dataclasses.replace(base, sweep=SweepConfig(p_relevant=(0.2, 0.9), lr=(1e-3, 3e-3))))
+    coords = members(dataclasses.replace(grid, train=dataclasses.replace(grid.train, seeds=(0, 1))))
+    assert len(coords) == 8
+    state, out, probes = train(grid, [0, 1], 20)
+    for m, c in enumerate(coords):
+        one = dataclasses.replace(base, task=dataclasses.replace(base.task, p_relevant=c["p_relevant"]),
+                                  optim=OptimConfig(lr=c["lr"]))  # fmt: skip
+        s1, o1, p1 = train(one, [c["seed"]], 20)
+        jax.tree.map(
+            lambda a, b, m=m: np.testing.assert_allclose(a[m], b[0], rtol=2e-5, atol=2e-6), state.params, s1.params
+        )
+        np.testing.assert_allclose(out.loss[:, m], o1.loss[:, 0], rtol=2e-5)
+        np.testing.assert_allclose(probes.acc[m], p1.acc[0])
+
+
+def test_optimizer_sweep_values_are_checked():
+    try:
+        validate_config(dataclasses.replace(tiny(), sweep=SweepConfig(lr=(1e-3, -1.0))))
+    except ConfigError as e:
+        assert e.field == "optim.lr" and "member" in e.rule
+    else:
+        raise AssertionError("a negative lr in a sweep must be refused")
+
+
+def test_layout_splits_members_then_batch():
+    devices = list(range(8))
+    assert Layout.for_members(8, 64, devices).mesh.shape == {"members": 8, "batch": 1}
+    assert Layout.for_members(2, 64, devices).mesh.shape == {"members": 2, "batch": 4}
+    assert Layout.for_members(3, 64, devices).mesh.shape == {"members": 1, "batch": 8}
+    assert Layout.for_members(1, 6, devices).mesh.shape == {"members": 1, "batch": 2}
+
+
+ARGS = ["experiment=none", "task.n_classes=72", "task.n_holdout=8", "task.D=8", "model.d_model=16",
+        "train.steps=40", "train.chunk_steps=10", "probes.n_eval=32", "probes.n_log=2", "logging.progress=false",
+        "logging.plot=false", "checkpoint.enabled=false", "train.batch_size=16"]  # fmt: skip
+
+
+def _run(tmp: Path, name: str, devices: int, *extra: str) -> list[dict]:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "disabled",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}  # fmt: skip
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), *ARGS, *extra, f"hydra.run.dir={name}"], cwd=tmp,
+                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    return [json.loads(line) for line in (tmp / name / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sharded_over_8_host_devices_equals_one_device(tmp_path):
+    grid = ("sweep.lr=[0.001,0.003]", "train.seeds=[0,1,2,3]")  # 8 members: one per device
+    one, eight = _run(tmp_path, "one", 1, *grid), _run(tmp_path, "eight", 8, *grid)
+    few = _run(tmp_path, "few", 8, "train.seeds=[0,1]")  # 2 members: each batch split 4 ways
+    few_one = [r for r in one if r["lr"] == 0.001 and r["seed"] in (0, 1)]
+    for a, b in [(one, eight), (few_one, few)]:
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert (x["step"], x["probe"], x["seed"]) == (y["step"], y["probe"], y["seed"])
+            np.testing.assert_allclose(x["loss"], y["loss"], rtol=1e-4)
+    coords = {(r["seed"], r["lr"]) for r in one}
+    assert coords == {(s, lr) for s in range(4) for lr in (0.001, 0.003)}
