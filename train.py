@@ -11,6 +11,7 @@ Outputs go to the Hydra run directory (outputs/<name>/<time>/ by default).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -50,5 +51,22 @@ def main(raw: DictConfig) -> None:
         sys.exit(e.exit_code)
 
 
+def check_run_dir(argv: list[str]) -> None:
+    """Hydra makes its run directory before ``main`` runs: refuse an unusable one in one line, not a traceback."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) and "${" not in a]
+    for d in given or ["."]:
+        try:
+            Path(d).mkdir(parents=True, exist_ok=True)
+            writable = os.access(d, os.W_OK)
+        except OSError as e:
+            writable, why = False, e.strerror
+        else:
+            why = "permission denied"
+        if not writable:
+            print(f"config error: output dir = {d}: must be a writable directory ({why})", file=sys.stderr)
+            sys.exit(2)
+
+
 if __name__ == "__main__":
+    check_run_dir(sys.argv[1:])
     main()

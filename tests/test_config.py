@@ -124,3 +124,10 @@ def test_cli_runs_and_writes_its_record(tmp_path):
     for name in ("metrics.jsonl", "curves.png", "summary.md", "config.json", "provenance.json", ".hydra/config.yaml"):
         assert (run / name).exists(), name
     assert "| icl_novel |" in out.stdout
+
+
+def test_cli_refuses_an_unusable_run_dir_in_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    out = _train("hydra.run.dir=afile/run", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "config error: output dir = afile/run: must be a writable directory (Not a directory)"
