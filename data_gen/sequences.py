@@ -129,6 +129,17 @@ def _iid_excluding(u: jax.Array, prob: jax.Array, cdf: jax.Array, q: jax.Array) 
     return jnp.where(idx == q, fallback, idx)
 
 
+def _top_n(v: jax.Array, n: int) -> jax.Array:
+    """Indices of the n largest entries, largest first (as ``lax.top_k``). n rounds of argmax: n is small here,
+    and unlike top_k (which XLA's SPMD partitioner gathers across devices) it stays on each member's device."""
+    picked = []
+    for _ in range(n):
+        i = jnp.argmax(v).astype(jnp.int32)
+        picked.append(i)
+        v = v.at[i].set(-jnp.inf)
+    return jnp.stack(picked)
+
+
 def _masked(u: jax.Array, prob: jax.Array, allowed: jax.Array, n: int, distinct: bool) -> jax.Array:
     """n pool indices from ``prob`` restricted to ``allowed``, by Gumbel-max: i.i.d. (u: (n, K)) or distinct
     (top-k of one Gumbel draw, u: (K,))."""
@@ -136,9 +147,7 @@ def _masked(u: jax.Array, prob: jax.Array, allowed: jax.Array, n: int, distinct:
         return jnp.zeros((0,), jnp.int32)
     logits = jnp.where(allowed & (prob > 0), jnp.log(prob), -jnp.inf)
     if distinct:
-        # the n largest, in descending order; a sort rather than lax.top_k, because XLA's SPMD partitioner
-        # gathers a batched top_k across devices, while a batched sort stays where it is
-        return jnp.argsort(-(logits + _gumbel(u)))[:n].astype(jnp.int32)
+        return _top_n(logits + _gumbel(u), n)
     return jnp.argmax(logits + _gumbel(u), axis=-1)
 
 
