@@ -37,10 +37,6 @@ class Layout:
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, P())
 
-    @property
-    def batch_split(self) -> bool:
-        return self.mesh.shape["batch"] > 1
-
     def put_members(self, tree):
         return jax.device_put(tree, self.members)
 
