@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,11 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     out_dir = Path(cfg.train.resume) if cfg.train.resume else out_dir
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_config(out_dir / "config.json", cfg)
+        writable, why = os.access(out_dir, os.W_OK), "permission denied"
     except OSError as e:
-        raise ConfigError("output dir", str(out_dir), f"must be writable ({e.strerror})") from None
+        writable, why = False, e.strerror
+    if not writable:
+        raise ConfigError("output dir", str(out_dir), f"must be writable ({why})")
     st = ensemble_static(cfg)
     uni = make_universe(st)
     coords = members(cfg)
@@ -103,7 +106,6 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     if layout.mesh.size > 1:
         print(f"{len(coords)} member(s) on {layout.describe()}")
     origin = provenance()
-    (out_dir / "provenance.json").write_text(json.dumps(origin, indent=2) + "\n")
 
     ckpts = Checkpoints(out_dir / "checkpoints", cfg.checkpoint, forever) if cfg.checkpoint.enabled else None
     fresh = {"state": jax.eval_shape(ens.init, init_keys), "data_keys": jax.random.key_data(mem.data_key),
@@ -128,6 +130,8 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
         if metrics_path.exists():
             metrics_path.unlink()  # rows of an earlier start that left no checkpoint
         state, t = ens.init(init_keys), 0
+    write_config(out_dir / "config.json", cfg)  # after the resume check: a refused config leaves the record alone
+    (out_dir / "provenance.json").write_text(json.dumps(origin, indent=2) + "\n")
     metrics = MetricsFile(metrics_path)
     if t == 0:
         metrics.write(_rows(0, jax.device_get(ens.evaluate(uni, state.params, mem)), names, coords))
