@@ -56,6 +56,8 @@ class TrainConfig:
     chunk_steps: int = 250  # training steps per compiled call; metrics leave the device once per chunk
     context_loss: bool = False  # also train on every context label, not only the query's
     resume: str | None = None  # a run directory to continue (a run also continues in its own directory)
+    max_members: int = 0  # members per compiled program; 0 = as many as fit (measured), the rest in more groups
+    memory_fraction: float = 0.9  # of the devices' free memory that one group's programs may use
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,8 @@ def validate_config(cfg: Config) -> Config:
     _need(len(set(t.seeds)) == len(t.seeds), "train.seeds", t.seeds, "seeds must differ")
     _need(all(s >= 0 for s in t.seeds), "train.seeds", t.seeds, "seeds must be >= 0")
     _need(t.chunk_steps >= 1, "train.chunk_steps", t.chunk_steps, "must be >= 1")
+    _need(t.max_members >= 0, "train.max_members", t.max_members, "must be >= 0 (0 = as many as fit)")
+    _need(0 < t.memory_fraction <= 1, "train.memory_fraction", t.memory_fraction, "must be in (0, 1]")
     _need(not t.context_loss or m.tokens == "interleaved", "train.context_loss", t.context_loss,
           "needs model.tokens=interleaved (a concat token already shows its label)")  # fmt: skip
     c = cfg.checkpoint

@@ -17,19 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from data_gen import ConfigError, TaskStatic, make_universe, static_part
 from iclwl.checkpoints import CheckpointError, Checkpoints, checkpoint_steps, resume_conflicts
 from iclwl.config import Config, member_tasks, members
+from iclwl.groups import fit_groups
 from iclwl.plots import plot_run
 from iclwl.preemption import Preempted, StopRequests
 from iclwl.probing import ProbeMetrics, probe_list
 from iclwl.records import MetricsFile, format_table, provenance, read_metrics, summarise, truncate_metrics, write_config
-from iclwl.sharding import Layout
-from iclwl.training import Health, Meter, Program, compiled, member_inputs, zero_meter
+from iclwl.training import Health, Meter, Program, compiled, member_inputs
 
 
 def eval_schedule(total: int, n_log: int, every: int) -> np.ndarray:
@@ -93,22 +92,15 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     if not writable:
         raise ConfigError("output dir", str(out_dir), f"must be writable ({why})")
     st = ensemble_static(cfg)
-    uni = make_universe(st)
     coords = members(cfg)
     names = probe_list(cfg.probes, st)
-    init_keys, mem = member_inputs(cfg)
     total = cfg.train.steps
     evals = eval_schedule(total, cfg.probes.n_log, cfg.probes.every)
     saves, forever = checkpoint_steps(cfg.checkpoint, total, evals)
-    layout = Layout.for_members(len(coords), cfg.train.batch_size)
-    ens = compiled(Program.of(cfg, st, layout.mesh))
-    uni, mem, init_keys = layout.put_replicated(uni), layout.put_members(mem), layout.put_members(init_keys)
-    if layout.mesh.size > 1:
-        print(f"{len(coords)} member(s) on {layout.describe()}")
-    origin = provenance()
-
+    init_keys, mem = member_inputs(cfg)
     ckpts = Checkpoints(out_dir / "checkpoints", cfg.checkpoint, forever) if cfg.checkpoint.enabled else None
-    fresh = {"state": jax.eval_shape(ens.init, init_keys), "data_keys": jax.random.key_data(mem.data_key),
+    fresh = {"state": jax.eval_shape(compiled(Program.of(cfg, st)).init, init_keys),  # what a checkpoint holds
+             "data_keys": jax.random.key_data(mem.data_key),
              "eval_keys": jax.random.key_data(mem.eval_key)}  # fmt: skip
 
     def check(meta: dict[str, Any]) -> None:
@@ -118,32 +110,37 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
                               f"change its meaning: {'; '.join(conflicts)}")  # fmt: skip
 
     restored = ckpts.restore_latest(fresh, check) if ckpts else None
+    if restored is not None and not np.array_equal(restored.tree["data_keys"], fresh["data_keys"]):
+        raise CheckpointError(f"checkpoint at step {restored.step}: its data keys are not this run's seeds'")
+    ens = fit_groups(cfg, st, make_universe(st), init_keys, mem)
+    if ens.count > 1 or ens.layout.mesh.size > 1:
+        print(ens.describe())
+    origin = provenance()
     metrics_path = out_dir / "metrics.jsonl"
     if restored is not None:
-        if not np.array_equal(restored.tree["data_keys"], fresh["data_keys"]):
-            raise CheckpointError(f"checkpoint at step {restored.step}: its data keys are not this run's seeds'")
-        state, t = layout.put_members(restored.tree["state"]), restored.step
+        ens.load(restored.tree["state"])
+        t = restored.step
         dropped = truncate_metrics(metrics_path, t)
         print(f"resuming at step {t} from {ckpts.directory / str(t)}" + (f"; dropped {dropped} metrics rows "
               "written after it" if dropped else ""))  # fmt: skip
     else:
         if metrics_path.exists():
             metrics_path.unlink()  # rows of an earlier start that left no checkpoint
-        state, t = ens.init(init_keys), 0
+        t = 0
     write_config(out_dir / "config.json", cfg)  # after the resume check: a refused config leaves the record alone
     (out_dir / "provenance.json").write_text(json.dumps(origin, indent=2) + "\n")
     metrics = MetricsFile(metrics_path)
     if t == 0:
-        metrics.write(_rows(0, jax.device_get(ens.evaluate(uni, state.params, mem)), names, coords))
+        metrics.write(_rows(0, ens.evaluate(), names, coords))
 
     def save(step: int) -> None:
         if ckpts is not None:
             meta = {"config": dataclasses.asdict(cfg), "members": coords, "provenance": origin}
-            ckpts.save(step, {**fresh, "state": state}, meta)
+            ckpts.save(step, {**fresh, "state": ens.state()}, meta)
 
     bar = tqdm(total=total, initial=t, disable=not cfg.logging.progress, unit="step", dynamic_ncols=True)
-    alive = np.asarray(jax.device_get(state.health.alive))
-    chunk = cfg.train.chunk_steps
+    health = ens.health()
+    alive = np.asarray(health.alive)
     try:
         with StopRequests() as stop:
             for target in np.union1d(evals, saves):
@@ -151,8 +148,8 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
                     continue
                 while t < target:
                     end = min(t + cfg.train.chunk_steps, int(target))
-                    state, _ = ens.chunk(uni, state, mem, jnp.int32(t), jnp.int32(end), n=chunk)
-                    health = jax.device_get(state.health)  # the one host sync of the chunk
+                    ens.train(t, end, n=cfg.train.chunk_steps)
+                    health = ens.health()  # the one host sync of the chunk
                     bar.update(end - t)
                     t = end
                     alive = _report_failures(alive, health, coords)
@@ -160,10 +157,9 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
                         save(t)
                         raise Preempted(stop.signum, t)
                 if target in evals:
-                    probes = jax.device_get(ens.evaluate(uni, state.params, mem))
-                    meter = jax.device_get(state.meter)
+                    probes, meter = ens.evaluate(), ens.meter()
                     metrics.write(_train_rows(t, meter, health, coords) + _rows(t, probes, names, coords))
-                    state = state._replace(meter=layout.put_members(zero_meter(len(coords))))
+                    ens.reset_meters()
                     bar.set_postfix(_postfix(meter, probes, names), refresh=False)
                 if target in saves or stop.signum is not None:
                     save(t)

@@ -105,7 +105,7 @@ class Program:
         # a member's lr and weight decay are data (MemberInputs.optim); only whether decay exists is compiled in
         decays = any(o.weight_decay > 0 for o in member_optims(cfg))
         optim = dataclasses.replace(cfg.optim, lr=0.0, weight_decay=1.0 if decays else 0.0)
-        train = dataclasses.replace(cfg.train, seeds=(), resume=None)
+        train = dataclasses.replace(cfg.train, seeds=(), resume=None, max_members=0, memory_fraction=1.0)
         return cls(st, cfg.model, optim, train, cfg.probes, mesh if mesh is not None and mesh.size > 1 else None)
 
 
