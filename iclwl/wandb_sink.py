@@ -24,6 +24,7 @@ import secrets
 import string
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,25 +94,24 @@ class WandbSink:
         if cfg.mode == "disabled":
             return
         require_wandb(cfg)
-        groups = [[c] for c in coords] if cfg.per_member else [coords]  # the members each W&B run shows
-        saved = self._saved(groups) if start_step > 0 else None
-        self.ids = [s["id"] for s in saved] if saved else [_new_id() for _ in groups]
-        self.last = [s["last_step"] for s in saved] if saved else [None] * len(groups)
-        self.groups = groups
+        self.run_members = [[c] for c in coords] if cfg.per_member else [coords]  # the members of each W&B run
+        saved = self._saved() if start_step > 0 else None
+        self.ids = [s["id"] for s in saved] if saved else [_new_id() for _ in self.run_members]
+        self.last = [s["last_step"] for s in saved] if saved else [None] * len(self.run_members)
         group = cfg.group or group or default_group(name, out_dir)
         root = Path(cfg.dir) if cfg.dir else out_dir
         self._guard("start", lambda: self._start(run_config, provenance, coords, root, name, group))
 
-    def _saved(self, groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]] | None:
+    def _saved(self) -> list[dict[str, Any]] | None:
         """The ids of the W&B runs of the interrupted run, if it had the same members."""
         try:
             saved = json.loads(self.ids_path.read_text())["runs"]
         except (OSError, ValueError, KeyError):
             return None
-        return saved if [s.get("members") for s in saved] == _plain(groups) else None
+        return saved if [s.get("members") for s in saved] == _plain(self.run_members) else None
 
     def _save(self) -> None:
-        triples = zip(self.ids, self.last, self.groups, strict=True)
+        triples = zip(self.ids, self.last, self.run_members, strict=True)
         runs = [{"id": i, "last_step": s, "members": g} for i, s, g in triples]
         tmp = self.ids_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
@@ -122,7 +122,7 @@ class WandbSink:
 
         root.mkdir(parents=True, exist_ok=True)
         self._save()  # before the first log: a crash from here on still resumes these ids
-        for i, members in enumerate(self.groups):
+        for i, members in enumerate(self.run_members):
             if self.cfg.per_member:
                 top = {**members[0], "member": i}
                 label = f"{name} m{i} " + " ".join(f"{k}={v}" for k, v in members[0].items())
@@ -152,7 +152,7 @@ class WandbSink:
         logs = step_logs(rows, prefix_member=not self.cfg.per_member)
         for i, run in enumerate(self.runs):
             by_step: dict[int, dict[str, Any]] = defaultdict(dict)
-            for m in [i] if self.cfg.per_member else range(len(self.groups[0])):
+            for m in [i] if self.cfg.per_member else range(len(self.run_members[0])):
                 for step, entry in logs.get(m, {}).items():
                     by_step[step].update(entry)
             for step in sorted(by_step):
@@ -163,13 +163,14 @@ class WandbSink:
         self._save()
 
     def close(self) -> None:
-        """Finish the W&B runs (offline: their files are complete; online: waits for the upload)."""
+        """Finish the W&B runs. Online this waits for the upload; offline, wandb's service completes the files
+        shortly after (at the latest when the process exits)."""
         runs, self.runs = self.runs, []
         for run in runs:
             if self._guard("finish", run.finish) is False:
                 break
 
-    def _guard(self, what: str, action) -> bool:
+    def _guard(self, what: str, action: Callable[[], object]) -> bool:
         """Run ``action``; on any exception, warn once and turn the sink off. False when it failed."""
         try:
             action()
