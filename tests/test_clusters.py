@@ -52,7 +52,7 @@ def test_slurm_batch_script_sets_xla_and_the_compilation_cache(tmp_path):
     assert 'export JAX_COMPILATION_CACHE_DIR="$SLURM_SUBMIT_DIR/.jax_cache"' in setup
 
 
-@pytest.mark.slow  # two tiny trainings in parallel: about 1 min on an idle 2-core CPU, 2.5 min on a busy one
+@pytest.mark.slow  # two tiny trainings in parallel: about 2 min on the shared 2-core development machine
 def test_local_multirun_trains_two_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     out = train("-m", "hydra/launcher=local", f"hydra.sweep.dir={sweep}", *TINY, "task.L=4,8",
