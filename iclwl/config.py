@@ -86,6 +86,22 @@ class LoggingConfig:
     plot: bool = True
 
 
+@dataclass(frozen=True)
+class WandbConfig:
+    """Optional Weights & Biases logging (iclwl/wandb_sink.py): one W&B run per member, grouped by the sweep.
+
+    Off by default, so no run needs an account; metrics.jsonl is written either way.
+    """
+
+    mode: Literal["online", "offline", "disabled"] = "disabled"  # offline: files to upload later with `wandb sync`
+    entity: str | None = None  # None = the account's default entity
+    project: str = "iclwl"
+    group: str | None = None  # None = <name>-<Hydra sweep dir name> in a multirun, <name>-<run dir name> otherwise
+    tags: tuple[str, ...] = ()
+    dir: str | None = None  # where the wandb/ folder goes; None = the run directory
+    per_member: bool = True  # False: one W&B run for the whole ensemble, metric names prefixed by member
+
+
 Values = tuple[Any, ...] | None
 
 
@@ -133,6 +149,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     name: str = "default"
 
 
@@ -289,4 +306,19 @@ def validate_config(cfg: Config) -> Config:
     _need(p.n_eval >= 1, "probes.n_eval", p.n_eval, "must be >= 1")
     _need(p.n_log >= 0, "probes.n_log", p.n_log, "must be >= 0")
     _need(p.every >= 0, "probes.every", p.every, "must be >= 0")
+    _validate_wandb(cfg.wandb)
     return cfg
+
+
+# W&B refuses these in project and group names (and in run ids, which are made from nothing the user types)
+_WANDB_FORBIDDEN = set("/\\#?%:")
+
+
+def _validate_wandb(w: WandbConfig) -> None:
+    _need(w.project.strip() != "" and not _WANDB_FORBIDDEN & set(w.project), "wandb.project", w.project,
+          "must be a non-empty name without / \\ # ? % :")  # fmt: skip
+    _need(w.entity is None or w.entity.strip() != "", "wandb.entity", w.entity, "must be a name or null")
+    _need(w.group is None or 0 < len(w.group.strip()) <= 128, "wandb.group", w.group,
+          "must be 1 to 128 characters, or null (derived from the run or sweep)")  # fmt: skip
+    _need(all(0 < len(t.strip()) <= 64 for t in w.tags), "wandb.tags", w.tags, "each tag must be 1 to 64 characters")
+    _need(w.dir is None or w.dir.strip() != "", "wandb.dir", w.dir, "must be a directory or null (the run directory)")
