@@ -93,13 +93,12 @@ def plot_settings(curves: dict, probes: list[str], chance: dict, path: Path) -> 
         ax.set_xlim(left=0)
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(_setting_title(setting), fontsize=9)
+        ax.set_xlabel("training step", fontsize=8)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(settings) :]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy")
-    for ax in axes[-1]:
-        ax.set_xlabel("training step")
     axes.flat[0].legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -117,8 +116,8 @@ def plot_phase(table: list[dict[str, Any]], coords: list[str], x: str, y: str, p
     facets = sorted({tuple((c, r[c]) for c in others) for r in table}, key=lambda f: [sort_key(v) for _, v in f])
     xs, ys = values(x, table), values(y, table)
     panels = [(p, m) for p in probes for m in ("final", "peak")]
-    size = (len(panels) * (1.6 + 0.55 * len(xs)), len(facets) * (1.4 + 0.45 * len(ys)))
-    fig, axes = plt.subplots(len(facets), len(panels), figsize=size, squeeze=False)
+    size = (1.2 + len(panels) * (1.2 + 0.55 * len(xs)), len(facets) * (1.6 + 0.45 * len(ys)))
+    fig, axes = plt.subplots(len(facets), len(panels), figsize=size, squeeze=False, layout="constrained")
     for row, facet in enumerate(facets):
         for col, (probe, measure) in enumerate(panels):
             grid = np.full((len(ys), len(xs)), np.nan)
@@ -132,10 +131,12 @@ def plot_phase(table: list[dict[str, Any]], coords: list[str], x: str, y: str, p
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
             ax.set_xticks(range(len(xs)), [str(v) for v in xs], fontsize=7)
             ax.set_yticks(range(len(ys)), [str(v) for v in ys], fontsize=7)
-            ax.set_xlabel(x, fontsize=8)
-            ax.set_ylabel(y, fontsize=8)
+            if row == len(facets) - 1:
+                ax.set_xlabel(x, fontsize=8)
+            if col == 0:
+                ax.set_ylabel(y, fontsize=8)
             title = f"{measure} {probe}" + (f"\n{_setting_title(facet)}" if facet else "")
             ax.set_title(title, fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy (seed mean)")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=100)
     plt.close(fig)
