@@ -100,7 +100,13 @@ def _read_run(path: Path) -> Run:
     probe_rows = [r for r in rows if r.get("probe") != "train"]
     if not probe_rows:
         raise ReportError(f"{path / 'metrics.jsonl'}: holds only training rows; expected probe rows")
-    return Run(path, flatten(json.loads(config_path.read_text())), probe_rows)
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ReportError(
+            f"{config_path}: is not valid JSON ({e.msg}, line {e.lineno}); expected the run's config"
+        ) from None
+    return Run(path, flatten(config), probe_rows)
 
 
 def combine(runs: list[Run]) -> Sweep:

@@ -164,6 +164,9 @@ def test_errors_name_the_value_and_what_was_expected(tmp_path, capsys):
     (tmp_path / "broken" / "metrics.jsonl").write_text("")
     (tmp_path / "broken" / "config.json").write_text("{}")
     assert "metrics.jsonl: is empty" in errors([str(tmp_path / "broken")], capsys)
+    (tmp_path / "broken" / "metrics.jsonl").write_text((run_dir / "metrics.jsonl").read_text())
+    (tmp_path / "broken" / "config.json").write_text('{"task": ')
+    assert "config.json: is not valid JSON" in errors([str(tmp_path / "broken")], capsys)
     (tmp_path / "broken" / "config.json").unlink()
     assert "no config.json" in errors([str(tmp_path / "broken")], capsys)
 
