@@ -1,4 +1,5 @@
-"""The figure of a run: accuracy on each probe against training step, one panel per setting.
+"""Figures: accuracy on each probe against training step, one panel per setting (a run's curves.png, and the
+report's curves over many runs), and the report's phase diagrams over two coordinates.
 
 Lines are the mean over seeds, the band their min..max. The x axis is log-scaled (symlog, so step 0 shows).
 """
@@ -15,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from iclwl.analysis import sort_key
 from iclwl.records import setting_of
 
 STYLE = {
@@ -56,4 +58,85 @@ def plot_run(rows: list[dict[str, Any]], coords: list[str], path: Path, chance: 
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ report figures over many runs
+
+
+def _setting_title(setting: tuple) -> str:
+    return ", ".join(f"{k}={v}" for k, v in setting) or "all runs"
+
+
+def plot_settings(curves: dict, probes: list[str], chance: dict, path: Path) -> None:
+    """One panel per setting: each probe's seed mean against step, band = min..max over seeds; its rare and
+    common frequency groups (series ``probe:rare`` / ``probe:common`` in ``curves``), where present, as thin
+    dashed / dotted lines. ``curves`` maps (setting, series) to an ``iclwl.analysis.Curve``."""
+    settings = list(dict.fromkeys(s for s, _ in curves))
+    ncols = min(len(settings), 4)
+    nrows = -(-len(settings) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False, sharey=True)
+    for ax, setting in zip(axes.flat, settings, strict=False):
+        for i, probe in enumerate(probes):
+            color = STYLE.get(probe, (f"C{i}", "-"))[0]
+            if (setting, probe) in curves:
+                c = curves[(setting, probe)]
+                ax.plot(c.steps, c.mean, color=color, lw=1.8, label=probe)
+                lo, hi = [v.min() for v in c.values], [v.max() for v in c.values]
+                ax.fill_between(c.steps, lo, hi, color=color, alpha=0.15, lw=0)
+            for group, ls in (("rare", "--"), ("common", ":")):
+                if (setting, f"{probe}:{group}") in curves:
+                    g = curves[(setting, f"{probe}:{group}")]
+                    ax.plot(g.steps, g.mean, ls, color=color, lw=1.0, label=f"{probe} ({group})")
+        ax.axhline(chance[setting], color="gray", lw=0.8, ls="--", label="chance")
+        ax.set_xscale("symlog", linthresh=1)  # symlog: step 0 shows
+        ax.set_xlim(left=0)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(_setting_title(setting), fontsize=9)
+        ax.set_xlabel("training step", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(settings) :]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy")
+    axes.flat[0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_phase(table: list[dict[str, Any]], coords: list[str], x: str, y: str, probes: list[str], path: Path) -> None:
+    """Phase diagrams: final and peak seed-mean accuracy of each probe over coordinates ``x`` and ``y``; one row
+    of panels per combination of the other coordinates. ``table`` rows come from ``iclwl.analysis.summarise``."""
+
+    def values(c: str, rows: list[dict[str, Any]]) -> list[Any]:
+        return sorted({r[c] for r in rows}, key=sort_key)
+
+    others = [c for c in coords if c not in (x, y)]
+    facets = sorted({tuple((c, r[c]) for c in others) for r in table}, key=lambda f: [sort_key(v) for _, v in f])
+    xs, ys = values(x, table), values(y, table)
+    panels = [(p, m) for p in probes for m in ("final", "peak")]
+    size = (1.2 + len(panels) * (1.2 + 0.55 * len(xs)), len(facets) * (1.6 + 0.45 * len(ys)))
+    fig, axes = plt.subplots(len(facets), len(panels), figsize=size, squeeze=False, layout="constrained")
+    for row, facet in enumerate(facets):
+        for col, (probe, measure) in enumerate(panels):
+            grid = np.full((len(ys), len(xs)), np.nan)
+            for r in table:
+                if r["probe"] == probe and all(r[c] == v for c, v in facet):
+                    grid[ys.index(r[y]), xs.index(r[x])] = r[measure]
+            ax = axes[row][col]
+            image = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            for (i, j), v in np.ndenumerate(grid):
+                if not np.isnan(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+            ax.set_xticks(range(len(xs)), [str(v) for v in xs], fontsize=7)
+            ax.set_yticks(range(len(ys)), [str(v) for v in ys], fontsize=7)
+            if row == len(facets) - 1:
+                ax.set_xlabel(x, fontsize=8)
+            if col == 0:
+                ax.set_ylabel(y, fontsize=8)
+            title = f"{measure} {probe}" + (f"\n{_setting_title(facet)}" if facet else "")
+            ax.set_title(title, fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy (seed mean)")
+    fig.savefig(path, dpi=100)
     plt.close(fig)

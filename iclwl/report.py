@@ -1,0 +1,189 @@
+"""The report of a run or a sweep: ``python -m iclwl.report <run dir or sweep dir> [--out DIR] [options]``.
+
+Reads only run directories (metrics.jsonl and config.json, found recursively), combines their members by
+setting (see ``iclwl.analysis``) and writes to ``--out`` (default ``<dir>/report``):
+
+- ``summary.md``, ``summary.csv``: per setting and probe: final accuracy (mean, std over seeds), peak of the
+  seed-mean curve and its step, drop from peak to final and the transient flag, onset step, number of seeds;
+- ``curves.png``: accuracy against step, one panel per setting, mean and min..max over seeds;
+- ``phase_<X>_<Y>.png``: final and peak accuracy of each probe over two coordinates (when two of them vary).
+
+A path, probe or coordinate that is not there stops it with one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+from iclwl.analysis import GROUPS, ReportError, Sweep, combine, curves, find_runs, probes_of, summarise, values_of
+from iclwl.plots import plot_phase, plot_settings
+
+DEFAULT_PROBES = ("icl_novel", "iwl_no_support")  # the one probe only ICL solves, the one only IWL solves
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m iclwl.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("path", type=Path, help="a run directory, or a directory holding run directories (a sweep)")
+    p.add_argument("--out", type=Path, help="where to write the report (default: <path>/report)")
+    p.add_argument(
+        "--probes",
+        nargs="+",
+        metavar="PROBE",
+        help=f"probes to plot and tabulate, or 'all' (default: those of {', '.join(DEFAULT_PROBES)} the runs have)",
+    )
+    p.add_argument(
+        "--heatmap",
+        nargs=2,
+        metavar=("X", "Y"),
+        help="two coordinates for the phase diagram (default: the first two that vary)",
+    )
+    p.add_argument(
+        "--drop-threshold",
+        type=float,
+        default=0.1,
+        help="a probe is flagged transient when peak - final exceeds this (default 0.1)",
+    )
+    p.add_argument(
+        "--onset-level",
+        type=float,
+        help="onset = first step the seed mean reaches this accuracy (default: halfway from chance to 1)",
+    )
+    p.add_argument(
+        "--groups",
+        action="store_true",
+        help="also tabulate each probe's rare and common frequency groups, where the task has them",
+    )
+    return p.parse_args(argv)
+
+
+def choose_probes(sweep: Sweep, asked: list[str] | None) -> list[str]:
+    present = probes_of(sweep)
+    if asked is None:
+        chosen = [p for p in DEFAULT_PROBES if p in present]
+        if not chosen:
+            raise ReportError(
+                f"the runs have none of the default probes {', '.join(DEFAULT_PROBES)}; "
+                f"choose with --probes from: {', '.join(present)}"
+            )
+        return chosen
+    names = [n for a in asked for n in a.split(",") if n]  # "--probes a b" and "--probes a,b" both work
+    if names == ["all"]:
+        return present
+    for n in names:
+        if n not in present:
+            raise ReportError(
+                f"--probes: probe '{n}' is not in the runs' metrics; expected one of: {', '.join(present)}"
+            )
+    return list(dict.fromkeys(names))
+
+
+def choose_axes(sweep: Sweep, asked: list[str] | None) -> tuple[str, str] | None:
+    """The phase diagram's two coordinates; None when not asked for and fewer than two vary."""
+    if asked is None:
+        varying = [c for c in sweep.coords if len(values_of(sweep, c)) > 1]
+        return (varying[0], varying[1]) if len(varying) >= 2 else None
+    for c in asked:
+        if c not in sweep.coords:
+            known = ", ".join(sweep.coords) or "none (a single setting)"
+            raise ReportError(f"--heatmap: '{c}' is not a coordinate of these runs; expected one of: {known}")
+    if asked[0] == asked[1]:
+        raise ReportError(f"--heatmap: '{asked[0]}' given twice; expected two different coordinates")
+    return asked[0], asked[1]
+
+
+def format_markdown(table: list[dict[str, Any]], drop_threshold: float) -> str:
+    lines = [
+        f"drop = peak - final (of the seed mean); transient: drop > {drop_threshold:g}. "
+        "onset: first step where the seed mean reaches the level in brackets.",
+        "",
+        "| setting | probe | final (mean ± std) | peak (step) | drop | transient | onset (level) | seeds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for t in table:
+        onset = "never" if t["onset_step"] is None else str(t["onset_step"])
+        lines.append(
+            f"| {t['setting']} | {t['probe']} | {t['final']:.3f} ± {t['final_std']:.3f} | {t['peak']:.3f} "
+            f"({t['peak_step']}) | {t['drop']:.3f} | {'yes' if t['transient'] else 'no'} | {onset} "
+            f"(≥{t['onset_level']:.3f}) | {t['seeds']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, table: list[dict[str, Any]], coords: list[str]) -> None:
+    """One row per setting and probe; floats written in full (shortest exact repr), None as an empty cell."""
+    fields = [
+        *coords,
+        "probe",
+        "final",
+        "final_std",
+        "final_step",
+        "peak",
+        "peak_step",
+        "drop",
+        "transient",
+        "onset_level",
+        "onset_step",
+        "chance",
+        "seeds",
+    ]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+
+
+def report(
+    path: Path,
+    out: Path | None = None,
+    probes: list[str] | None = None,
+    heatmap: list[str] | None = None,
+    drop_threshold: float = 0.1,
+    onset_level: float | None = None,
+    groups: bool = False,
+) -> list[Path]:
+    """Write the report of the runs under ``path``; returns the files written."""
+    if drop_threshold < 0:
+        raise ReportError(f"--drop-threshold = {drop_threshold}; expected a number >= 0")
+    if onset_level is not None and not 0 <= onset_level <= 1:
+        raise ReportError(f"--onset-level = {onset_level}; expected an accuracy in [0, 1]")
+    sweep = combine(find_runs(path))
+    chosen = choose_probes(sweep, probes)
+    axes = choose_axes(sweep, heatmap)
+    out = out if out is not None else path / "report"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"--out {out}: cannot be made ({e.strerror}); expected a writable directory") from None
+    with_groups = [f"{p}:{g}" for p in chosen for g in GROUPS]
+    table = summarise(sweep, chosen + with_groups if groups else chosen, drop_threshold, onset_level)
+    written = [out / "summary.md", out / "summary.csv", out / "curves.png"]
+    written[0].write_text(format_markdown(table, drop_threshold))
+    write_csv(written[1], table, sweep.coords)
+    plot_settings(curves(sweep, chosen + with_groups), chosen, sweep.chance, written[2])
+    if axes is not None:
+        written.append(out / f"phase_{axes[0]}_{axes[1]}.png")
+        main_rows = [t for t in table if t["probe"] in chosen]
+        plot_phase(main_rows, sweep.coords, axes[0], axes[1], chosen, written[-1])
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        written = report(
+            args.path, args.out, args.probes, args.heatmap, args.drop_threshold, args.onset_level, args.groups
+        )
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(written[0].read_text())
+    print("wrote: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
