@@ -29,6 +29,7 @@ from iclwl.preemption import Preempted, StopRequests
 from iclwl.probing import ProbeMetrics, probe_list
 from iclwl.records import MetricsFile, format_table, provenance, read_metrics, summarise, truncate_metrics, write_config
 from iclwl.training import Health, Meter, Program, compiled, member_inputs
+from iclwl.wandb_sink import WandbSink, require_wandb
 
 
 def eval_schedule(total: int, n_log: int, every: int) -> np.ndarray:
@@ -91,6 +92,7 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
         writable, why = False, e.strerror
     if not writable:
         raise ConfigError("output dir", str(out_dir), f"must be writable ({why})")
+    require_wandb(cfg.wandb)  # a W&B mode without the package: refused before anything compiles
     st = ensemble_static(cfg)
     coords = members(cfg)
     names = probe_list(cfg.probes, st)
@@ -130,8 +132,14 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     write_config(out_dir / "config.json", cfg)  # after the resume check: a refused config leaves the record alone
     (out_dir / "provenance.json").write_text(json.dumps(origin, indent=2) + "\n")
     metrics = MetricsFile(metrics_path)
+    sink = WandbSink(cfg.wandb, dataclasses.asdict(cfg), origin, coords, out_dir, cfg.name, None, start_step=t)
+
+    def record(rows: list[dict[str, Any]]) -> None:
+        metrics.write(rows)  # the record; W&B only mirrors it
+        sink.write(rows)
+
     if t == 0:
-        metrics.write(_rows(0, ens.evaluate(), names, coords))
+        record(_rows(0, ens.evaluate(), names, coords))
 
     def save(step: int) -> None:
         if ckpts is not None:
@@ -158,7 +166,7 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
                         raise Preempted(stop.signum, t)
                 if target in evals:
                     probes, meter = ens.evaluate(), ens.meter()
-                    metrics.write(_train_rows(t, meter, health, coords) + _rows(t, probes, names, coords))
+                    record(_train_rows(t, meter, health, coords) + _rows(t, probes, names, coords))
                     ens.reset_meters()
                     bar.set_postfix(_postfix(meter, probes, names), refresh=False)
                 if target in saves or stop.signum is not None:
@@ -168,6 +176,7 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     finally:
         bar.close()
         metrics.close()
+        sink.close()
         if ckpts is not None:
             ckpts.close()
     return _finish(cfg, out_dir, coords, st)

@@ -239,3 +239,48 @@ def test_bad_wandb_settings_are_refused(wandb_settings, field, rule):
 def test_good_wandb_settings_pass():
     cfg = from_dict({"wandb": {"mode": "offline", "entity": "me", "tags": ["a", "b"], "group": "g"}})
     assert cfg.wandb.tags == ("a", "b") and cfg.wandb.mode == "offline"
+
+
+# ------------------------------------------------------------------------------------- wired into a real run
+
+
+def tiny_run_config(mode: str):
+    from test_training import tiny
+
+    from iclwl.config import WandbConfig
+
+    cfg = tiny()
+    return dataclasses.replace(cfg, wandb=WandbConfig(mode=mode), train=dataclasses.replace(cfg.train, seeds=(0, 1)))
+
+
+def test_a_run_in_offline_mode_logs_what_metrics_jsonl_holds(tmp_path):
+    from iclwl.records import read_metrics
+    from iclwl.run import run
+
+    run(tiny_run_config("offline"), tmp_path)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    ids = json.loads((tmp_path / IDS_FILE).read_text())["runs"]
+    runs = offline_runs(tmp_path)
+    assert len(ids) == 2 and sorted(runs) == sorted(r["id"] for r in ids)
+    for m, entry in enumerate(ids):
+        _, config, history = run_info(runs[entry["id"]][0])
+        assert config["seed"] == m and config["config"]["train"]["steps"] == 30
+        want = {(r["step"], f"{r['probe']}/acc"): r["acc"] for r in rows if r["member"] == m and r["acc"] is not None}
+        got = {(h["step"], k): v for h in history for k, v in h.items() if k.endswith("/acc")}
+        assert got == pytest.approx(want)
+
+
+def test_a_failing_wandb_leaves_training_and_metrics_intact(tmp_path, monkeypatch, capsys):
+    from iclwl.records import read_metrics
+    from iclwl.run import run
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    run(tiny_run_config("online"), tmp_path / "failing")
+    monkeypatch.undo()
+    run(tiny_run_config("disabled"), tmp_path / "plain")
+    assert "no network" in capsys.readouterr().err
+    a, b = read_metrics(tmp_path / "failing" / "metrics.jsonl"), read_metrics(tmp_path / "plain" / "metrics.jsonl")
+    assert a == b and len(a) > 0
