@@ -103,7 +103,8 @@ def part_grid(steps: int, seeds: list[int]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         one = timed([*train, f"sweep.N=[{n_list}]", f"train.seeds=[{seed_list}]", "hydra.run.dir=one"], tmp)
         seed_choices = ",".join(f"[{s}]" for s in seeds)  # one job per (N, seed)
-        multi = timed([*train, "-m", f"task.N={n_list}", f"train.seeds={seed_choices}", "hydra.sweep.dir=multi"], tmp)
+        multi = timed([*train[:2], "-m", *train[2:], f"task.N={n_list}", f"train.seeds={seed_choices}",
+                       "hydra.sweep.dir=multi"], tmp)  # fmt: skip
         separate = sum(timed([*train, f"task.N={n}", f"train.seeds=[{s}]", f"hydra.run.dir=sep/{n}_{s}"], tmp)
                        for n in N_VALUES for s in seeds)  # fmt: skip
     print(f"| way ({M} members: N in {N_VALUES[0]}..{N_VALUES[-1]} x {len(seeds)} seeds, {steps} steps) "
