@@ -129,8 +129,11 @@ def member_inputs(cfg: Config) -> tuple[jax.Array, MemberInputs]:
     return init, MemberInputs(task, optim, data, ev)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=8)
 def compiled(program: Program) -> Ensemble:
+    """The compiled pieces of ``program``, shared by every run of equal program in this process: jobs of a Hydra
+    multirun that differ only in dynamic settings (seeds, N, p_relevant, lr ...) compile once. Only the 8 most
+    recent programs are kept, so a long multirun over static settings does not pile up compiled code."""
     return Ensemble(program)
 
 

@@ -118,3 +118,16 @@ def test_run_writes_record(tmp_path):
     assert steps == eval_schedule(30, 3, 0).tolist()
     assert {r["probe"] for r in rows} == {"train", "in_dist", "icl_novel", "icl_flip", "iwl_no_support", "ciwl"}
     assert len(table) == 5
+
+
+def test_runs_differing_in_dynamic_settings_share_one_program():
+    a = tiny()
+    b = dataclasses.replace(a, task=dataclasses.replace(a.task, N=64, p_bursty=0.5), optim=OptimConfig(lr=3e-3),
+                            train=dataclasses.replace(a.train, seeds=(4, 5), max_members=1))  # fmt: skip
+    c = dataclasses.replace(a, task=dataclasses.replace(a.task, L=2, B=1))  # a static change: another program
+    ens = [compiled(Program.of(x, ensemble_static(x))) for x in (a, b, c)]
+    assert ens[0] is ens[1] and ens[0] is not ens[2]
+    for d in range(3, 12):  # more distinct programs than the cache keeps: the oldest are let go
+        x = dataclasses.replace(a, model=dataclasses.replace(a.model, d_model=8 * d))
+        compiled(Program.of(x, ensemble_static(x)))
+    assert compiled.cache_info().currsize == 8
