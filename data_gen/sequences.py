@@ -238,7 +238,11 @@ def sample_sequence(st: TaskStatic, draw: Draw, uni: Universe, p: TaskParams, ke
     novel = (draw.pool == "train") & st.novel & (u["novel"] < p.p_novel)
 
     # items
-    if st.exemplars > 0:
+    if st.items == "omniglot":  # a drawing of the class, plus pixel noise when asked
+        drawing = uni.images[classes, _int(u["exemplar"], 0, st.exemplars)]  # (L+1, D)
+        noise = jax.random.normal(k_noise, drawing.shape) if st.noise == "additive" else 0.0
+        items = drawing + p.noise_scale * noise
+    elif st.exemplars > 0:
         e = _int(u["exemplar"], 0, st.exemplars)
         eta = uni.exemplar_noise[classes, e]
         if st.novel:  # fresh classes get fresh exemplars
@@ -246,10 +250,11 @@ def sample_sequence(st: TaskStatic, draw: Draw, uni: Universe, p: TaskParams, ke
             eta = jnp.where(novel, fresh(local * st.exemplars + e), eta)
     else:
         eta = jax.random.normal(k_noise, (st.L + 1, st.D))
-    mu = uni.prototypes[classes]
-    if st.novel:
-        mu = jnp.where(novel, draw_prototypes(st, k_fresh, local), mu)
-    items = make_items(st, mu, eta, p.noise_scale)
+    if st.items == "gaussian":
+        mu = uni.prototypes[classes]
+        if st.novel:
+            mu = jnp.where(novel, draw_prototypes(st, k_fresh, local), mu)
+        items = make_items(st, mu, eta, p.noise_scale)
 
     # labels
     random_labels = draw.labels == "random" or (draw.pool == "train" and st.label_map == "random")

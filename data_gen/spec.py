@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from data_gen.errors import ConfigError
 
 Prototype = Literal["gaussian", "unit"]
-Noise = Literal["reddy", "additive"]
+Noise = Literal["reddy", "additive", "none"]
+Items = Literal["gaussian", "omniglot"]
 LabelMap = Literal["identity", "modulo", "random"]
 BurstForm = Literal["reddy", "chan2022"]
 Frequency = Literal["zipf", "two_group"]
@@ -44,6 +45,9 @@ class TaskSpec:
       prototype: 'gaussian' (mu ~ N(0, I/D), Reddy 2023) or 'unit' (unit-norm mu, Chan 2024).
       noise: 'reddy' (x = (mu + eps * eta) / sqrt(1 + eps^2), eta ~ N(0, I/D)) or 'additive' (x = mu + sigma * N(0, I)).
       exemplars: 0 draws fresh noise for every item; E >= 1 fixes E exemplars per class (1 = "single").
+      items: 'gaussian' (prototype + noise) or 'omniglot' (a class is a handwritten character, its exemplars
+        are drawings, read from ``image_path`` at ``image_size`` pixels; D = image_size^2; noise 'none' or
+        'additive' pixel noise; data_gen/omniglot.py).
       label_map: 'identity' (class k -> label k), 'modulo' (k -> k mod n_labels), 'random' (a fresh random
         labelling in every sequence, which only ICL can solve).
       polysemy: labels per class; each occurrence shows one of them, drawn at random (Chan 2022).
@@ -69,6 +73,9 @@ class TaskSpec:
     prototype: Prototype = "gaussian"
     noise: Noise = "reddy"
     exemplars: int = 0
+    items: Items = "gaussian"
+    image_path: str | None = None
+    image_size: int = 28
     label_map: LabelMap = "modulo"
     polysemy: int = 1
     burst_form: BurstForm = "reddy"
@@ -121,6 +128,9 @@ class TaskStatic:
     prototype: Prototype
     noise: Noise
     exemplars: int
+    items: Items
+    image_path: str | None
+    image_size: int
     label_map: LabelMap
     polysemy: int
     burst_form: BurstForm
@@ -216,6 +226,8 @@ def _check_type(spec: TaskSpec) -> None:
         if ann.startswith("int"):
             ok = isinstance(v, numbers.Integral) and not isinstance(v, bool)
             rule = "must be an integer"
+        elif ann.startswith("str"):
+            ok, rule = isinstance(v, str), "must be a string"
         elif ann.startswith("float"):
             ok = isinstance(v, numbers.Real) and not isinstance(v, bool)
             rule = "must be a number"
@@ -270,6 +282,11 @@ def validate(spec: TaskSpec) -> TaskSpec:
         (s.label_map != "random" or s.polysemy == 1, "polysemy", "polysemy needs a fixed label map (identity, modulo)"),
         (s.label_map != "random" or s.n_labels >= s.L + 1, "n_labels",
          f"random labelling gives each class of a sequence its own label: needs L + 1 = {s.L + 1}"),
+        (s.items == "gaussian" or s.image_path is not None, "image_path", "image items need the data's path"),
+        (s.items == "gaussian" or s.D == s.image_size**2, "D", f"image items: D = image_size^2 = {s.image_size**2}"),
+        (s.items == "gaussian" or s.exemplars >= 1, "exemplars", "image items need >= 1 drawings per character"),
+        (s.items == "gaussian" or s.noise != "reddy", "noise", "image items take 'none' or 'additive' pixel noise"),
+        (s.items == "gaussian" or s.p_novel == 0, "p_novel", "image items have no fresh classes to draw"),
     ]  # fmt: skip
     for ok, name, rule in rules:
         if not ok:

@@ -13,15 +13,19 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from data_gen.errors import ConfigError
+from data_gen.omniglot import load_omniglot
 from data_gen.spec import TaskParams, TaskStatic
 
-_PROTO, _EXEMPLAR, _ORDER, _DATASET = range(4)  # sub-streams of the task key
+_PROTO, _EXEMPLAR, _ORDER, _DATASET, _CHARACTERS = range(5)  # sub-streams of the task key
 
 
 class Universe(NamedTuple):
-    prototypes: jax.Array  # (n_classes, D)
-    exemplar_noise: jax.Array  # (n_classes, E, D) standard normal; E = 0 when items get fresh noise
+    prototypes: jax.Array  # (n_classes, D); for image items the mean drawing of the class
+    exemplar_noise: jax.Array  # (n_classes, E, D) standard normal; E = 0 when items get fresh noise or are images
+    images: jax.Array  # (n_classes, E, D) drawings in [0, 1] for image items; (n_classes, 0, D) otherwise
     order: jax.Array  # (max_classes,) int32: rank -> training class id
     dataset_key: jax.Array  # raw key data of the finite training set
 
@@ -36,13 +40,29 @@ def draw_prototypes(st: TaskStatic, key: jax.Array, ids: jax.Array) -> jax.Array
     return mu.reshape(*ids.shape, st.D)
 
 
+def character_images(st: TaskStatic) -> jax.Array:
+    """Image items: class c is character ``perm[c]`` of the data, a permutation from the task's key, so the
+    holdout characters (the last classes) are a random but fixed subset. (n_classes, exemplars, D) in [0, 1]."""
+    chars = load_omniglot(st.image_path, st.image_size)
+    C, E = chars.images.shape[:2]
+    if st.n_classes > C:
+        raise ConfigError("task.n_classes", st.n_classes, f"the images at {st.image_path} hold {C} characters")
+    if st.exemplars > E:
+        raise ConfigError("task.exemplars", st.exemplars, f"the characters at {st.image_path} have {E} drawings")
+    perm = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(st.seed), _CHARACTERS), C))
+    pixels = chars.images[perm[: st.n_classes], : st.exemplars].reshape(st.n_classes, st.exemplars, st.D)
+    return jnp.asarray(pixels.astype(np.float32) / np.float32(255))
+
+
 def make_universe(st: TaskStatic) -> Universe:
     key = jax.random.key(st.seed)
     ids = jnp.arange(st.n_classes)
+    images = character_images(st) if st.items == "omniglot" else jnp.zeros((st.n_classes, 0, st.D), jnp.float32)
+    protos = images.mean(1) if st.items == "omniglot" else draw_prototypes(st, jax.random.fold_in(key, _PROTO), ids)
     noise = jax.vmap(
         lambda i: jax.random.normal(
             jax.random.fold_in(jax.random.fold_in(key, _EXEMPLAR), i),
-            (st.exemplars, st.D),
+            (0 if st.items == "omniglot" else st.exemplars, st.D),
         )
     )(ids)
     # each class's place in the frequency ranking comes from its own priority, so the ranking of the training
@@ -51,8 +71,9 @@ def make_universe(st: TaskStatic) -> Universe:
         jnp.arange(st.max_classes)
     )
     return Universe(
-        prototypes=draw_prototypes(st, jax.random.fold_in(key, _PROTO), ids),
+        prototypes=protos,
         exemplar_noise=noise,
+        images=images,
         order=jnp.argsort(rank_priority).astype(jnp.int32),
         dataset_key=jax.random.key_data(jax.random.fold_in(key, _DATASET)),
     )
@@ -99,6 +120,8 @@ def shares_label(st: TaskStatic, a: jax.Array, b: jax.Array) -> jax.Array:
 
 def make_items(st: TaskStatic, mu: jax.Array, eta: jax.Array, scale: jax.Array) -> jax.Array:
     """Items from prototypes (..., D) and standard-normal noise (..., D) at noise level eps or sigma."""
+    if st.noise == "none":
+        return mu
     if st.noise == "reddy":  # (mu + eps * eta) / sqrt(1 + eps^2), eta ~ N(0, I/D)
         return (mu + scale * eta / jnp.sqrt(st.D)) / jnp.sqrt(1.0 + scale**2)
     return mu + scale * eta  # mu + sigma * N(0, I)

@@ -3,6 +3,7 @@
 Reads the small background sets from ../shared/data/omniglot (or $ICLWL_OMNIGLOT) when present; skips otherwise.
 """
 
+import dataclasses
 import os
 import zipfile
 from pathlib import Path
@@ -84,3 +85,53 @@ def test_characters_with_unequal_drawings_are_refused(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_omniglot(tmp_path, 28, cache_dir=tmp_path / "cache")
     assert "different numbers of drawings" in e.value.rule
+
+
+# ------------------------------------------------------------------------------------- image items in data_gen
+
+
+def image_task(**changes):
+    import data_gen as dg
+
+    spec = dg.TaskSpec(items="omniglot", image_path=str(DATA), image_size=14, D=196, n_classes=100, n_holdout=20,
+                       exemplars=20, noise="none", n_labels=100, label_map="identity", L=8, B=2, **changes)  # fmt: skip
+    return dg.validate(spec)
+
+
+@needs_data
+def test_batches_gather_the_drawings_they_name_on_the_device(tmp_path, monkeypatch):
+    import jax
+
+    import data_gen as dg
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    st = dg.static_part(image_task())
+    uni = dg.make_universe(st)
+    assert uni.images.shape == (100, 20, 196) and float(uni.images.max()) <= 1.0
+    chars = load_omniglot(DATA, 14)
+    # class c is one whole character of the data: its 20 drawings, in order
+    pixels = chars.images.reshape(chars.n_classes, 20, -1).astype(np.float32) / np.float32(255)
+    for c in (0, 57, 99):
+        assert sum(np.array_equal(p, np.asarray(uni.images[c])) for p in pixels) == 1
+    sample = jax.jit(lambda k: dg.sample_batch(st, uni, dg.dynamic_part(image_task()), k, 64))
+    b = jax.device_get(sample(jax.random.key(3)))
+    imgs = np.asarray(uni.images)
+    for s in range(64):
+        for i in range(st.L + 1):
+            c = b.classes[s, i]
+            assert 0 <= c < 80, "training sequences never show a holdout character"
+            assert np.any(np.all(imgs[c] == b.items[s, i], axis=-1)), "an item is one drawing of its class"
+    novel = jax.device_get(dg.probe_batch("icl_novel", st, uni, dg.dynamic_part(image_task()), jax.random.key(4), 64))
+    assert (novel.classes >= 80).all(), "the ICL probe draws holdout characters only"
+
+
+def test_image_items_are_checked():
+    import data_gen as dg
+
+    bad = [(dict(image_path=None), "task.image_path"), (dict(D=63), "task.D"), (dict(exemplars=0), "task.exemplars"),
+           (dict(noise="reddy"), "task.noise"), (dict(p_novel=0.1), "task.p_novel")]  # fmt: skip
+    for change, field in bad:
+        spec = dataclasses.replace(image_task(), **change)
+        with pytest.raises(ConfigError) as e:
+            dg.validate(spec)
+        assert e.value.field == field, change
