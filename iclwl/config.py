@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ class ModelConfig:
     max_offset: int = 0  # 'onehot' (Reddy 2023): positions shifted by a random offset in [0, max_offset]
     tokens: Literal["interleaved", "concat"] = "interleaved"
     readout_hidden: tuple[int, ...] = ()  # widths of an MLP readout head; () = linear readout
+    encoder: Literal["linear", "resnet", "random"] = "linear"  # item encoder (iclwl/encoders.py); resnet/random: images
+    encoder_width: int = 32  # resnet: channels of the first stage; random: number of features
+    encoder_stages: int = 2  # resnet: stages of two residual blocks, each after the first halving the resolution
 
 
 @dataclass(frozen=True)
@@ -281,6 +285,10 @@ def validate_config(cfg: Config) -> Config:
     _need(m.max_offset >= 0, "model.max_offset", m.max_offset, "must be >= 0")
     _need(m.max_offset == 0 or m.pos == "onehot", "model.max_offset", m.max_offset, "random offsets need pos=onehot")
     _need(all(h >= 1 for h in m.readout_hidden), "model.readout_hidden", m.readout_hidden, "widths must be >= 1")
+    _need(m.encoder != "resnet" or math.isqrt(cfg.task.D) ** 2 == cfg.task.D, "model.encoder", m.encoder,
+          f"a ResNet reads square images: task.D ({cfg.task.D}) must be image_size^2")  # fmt: skip
+    _need(m.encoder_width >= 1, "model.encoder_width", m.encoder_width, "must be >= 1")
+    _need(m.encoder_stages >= 1, "model.encoder_stages", m.encoder_stages, "must be >= 1")
     _need(0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
     _need(0 <= o.b1 < 1, "optim.b1", o.b1, "must be in [0, 1)")
     _need(0 <= o.b2 < 1, "optim.b2", o.b2, "must be in [0, 1)")

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from iclwl.config import ModelConfig
+from iclwl.encoders import make_encoder
 
 
 def sinusoidal(positions: jax.Array, d: int) -> jax.Array:
@@ -105,11 +106,13 @@ class Transformer(nnx.Module):
         d = cfg.d_model
         n_tokens = 2 * context_len + 1 if cfg.tokens == "interleaved" else context_len + 1
         self.n_positions = n_tokens + cfg.max_offset
+        self.encoder = make_encoder(cfg.encoder, item_dim, cfg.encoder_width, cfg.encoder_stages, rngs=rngs)
+        features = self.encoder.out_dim
         if cfg.tokens == "interleaved":
-            self.item_in = nnx.Linear(item_dim, d, rngs=rngs)
+            self.item_in = nnx.Linear(features, d, rngs=rngs)
             self.label_in = nnx.Embed(n_labels, d, rngs=rngs)
         else:
-            self.item_in = nnx.Linear(item_dim + n_labels, d, rngs=rngs)
+            self.item_in = nnx.Linear(features + n_labels, d, rngs=rngs)
             self.label_in = None
         self.pos_in = nnx.Embed(self.n_positions, d, rngs=rngs) if cfg.pos in ("learned", "onehot") else None
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
@@ -121,6 +124,7 @@ class Transformer(nnx.Module):
     def embed(self, items: jax.Array, labels: jax.Array) -> jax.Array:
         """(B, L+1, D) items and (B, L+1) labels (the last, the target, is never read) -> (B, T, d) tokens."""
         B, n, _ = items.shape
+        items = self.encoder(items)  # (B, L+1, features)
         if self.label_in is None:
             onehot = jax.nn.one_hot(labels, self.n_labels).at[:, -1].set(0.0)  # hide the target
             return self.item_in(jnp.concatenate([items, onehot], axis=-1))  # (B, L+1, d)
