@@ -4,7 +4,8 @@
 
 The config is the one ``train.py`` composes (the default experiment unless overrides say otherwise, e.g.
 ``experiment=none task=reddy2023 model=reddy2023``). Each variant is compiled first (timed on its own), then
-``--calls`` evaluations are timed and the median call reported, beside one training chunk for scale. Runs on the
+``--calls`` evaluations of each are timed, alternating, and the median call reported, beside one training chunk
+for scale. Runs on the
 CPU unless JAX_PLATFORMS says otherwise. Prints a markdown table.
 """
 
@@ -41,19 +42,6 @@ def composed(overrides: list[str]) -> Config:
     return from_dict(data)
 
 
-def timed(fn, calls: int) -> tuple[float, float]:
-    """(seconds of the first call, compilation included; median seconds of ``calls`` later calls)."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("overrides", nargs="*")
@@ -63,31 +51,40 @@ def main() -> None:
     st = ensemble_static(base)
     uni = make_universe(st)
     init, mem = member_inputs(base)
-    rows = []
+    evaluate, first = {}, {}
     for on in (False, True):
         cfg = dataclasses.replace(base, probes=dataclasses.replace(base.probes, mechanisms=on))
         ens = compiled(Program.of(cfg, st))
         state = ens.init(init)
-        first, median = timed(lambda ens=ens, state=state: ens.evaluate(uni, state.params, mem), args.calls)
-        rows.append((on, first, median))
+        evaluate[on] = lambda ens=ens, state=state: ens.evaluate(uni, state.params, mem)
+        t0 = time.perf_counter()
+        jax.block_until_ready(evaluate[on]())
+        first[on] = time.perf_counter() - t0
+    # alternate the two, so that a busy machine slows both alike
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.calls):
+        for on in (False, True):
+            t0 = time.perf_counter()
+            jax.block_until_ready(evaluate[on]())
+            times[on].append(time.perf_counter() - t0)
+    median = {on: statistics.median(t) for on, t in times.items()}
     n = base.train.chunk_steps
-    chunk = lambda: ens.chunk(uni, ens.init(init), mem, jnp.int32(0), jnp.int32(n), n=n)[1]
-    _, chunk_s = timed(chunk, max(args.calls // 10, 1))
+    state = ens.init(init)
+    jax.block_until_ready(ens.chunk(uni, state, mem, jnp.int32(0), jnp.int32(n), n=n)[1])  # compile
+    t0 = time.perf_counter()
+    jax.block_until_ready(ens.chunk(uni, ens.init(init), mem, jnp.int32(0), jnp.int32(n), n=n)[1])
+    chunk_s = time.perf_counter() - t0
     evals = len(eval_schedule(base.train.steps, base.probes.n_log, base.probes.every))
-    print(
-        f"config: {base.name}, {len(init)} member(s), n_eval "
-        f"{base.probes.n_eval}, tokens {base.model.tokens}, backend {jax.default_backend()}"
-    )
+    print(f"config: {base.name}, {len(init)} member(s), n_eval {base.probes.n_eval}, tokens {base.model.tokens}, "
+          f"backend {jax.default_backend()}, {args.calls} alternating calls each")  # fmt: skip
     print("\n| mechanisms | first call (compile + run) s | evaluation ms (median) |\n|---|---|---|")
-    for on, first, median in rows:
-        print(f"| {'on' if on else 'off'} | {first:.2f} | {1e3 * median:.1f} |")
-    extra = rows[1][2] - rows[0][2]
+    for on in (False, True):
+        print(f"| {'on' if on else 'off'} | {first[on]:.2f} | {1e3 * median[on]:.1f} |")
+    extra = median[True] - median[False]
     train_s = chunk_s * base.train.steps / n
-    print(
-        f"\nadded per evaluation: {1e3 * extra:.1f} ms; a chunk of {n} training steps: {1e3 * chunk_s:.0f} ms; "
-        f"over the run's {evals} evaluations and {base.train.steps} steps: {evals * extra:.2f} s added to about "
-        f"{train_s + evals * rows[0][2]:.1f} s of device time ({100 * evals * extra / train_s:.1f}% of training)"
-    )
+    print(f"\nadded per evaluation: {1e3 * extra:.1f} ms ({100 * extra / median[False]:+.0f}%); a chunk of {n} "
+          f"training steps: {1e3 * chunk_s:.0f} ms; over the run's {evals} evaluations and {base.train.steps} "
+          f"steps: {evals * extra:.2f} s added to about {train_s + evals * median[False]:.1f} s")  # fmt: skip
 
 
 if __name__ == "__main__":
