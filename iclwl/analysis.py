@@ -34,6 +34,7 @@ MEASURES = frozenset({"step", "member", "probe", "acc", "loss", "acc_common", "a
 # (the sweep lists and seeds reappear per row as each member's own value).
 NOT_COORDINATES = ("sweep.", "train.seeds", "train.resume", "train.chunk_steps", "logging.", "checkpoint.")
 GROUPS = ("common", "rare")
+DEFAULT_PROBES = ("icl_novel", "iwl_no_support")  # the one probe only ICL solves, the one only IWL solves
 
 Setting = tuple[tuple[str, Any], ...]
 

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from iclwl.analysis import ReportError, Sweep, curves, describe, first_step_at, onset_level, probes_of
+from iclwl.analysis import (
+    DEFAULT_PROBES,
+    ReportError,
+    Sweep,
+    curves,
+    describe,
+    first_step_at,
+    onset_level,
+    probes_of,
+)
 from iclwl.records import MECHANISM_SCALARS
 
-DEFAULT_PROBES = ("icl_novel", "iwl_no_support")  # the one probe only ICL solves, the one only IWL solves
 SOURCES = tuple(m.removeprefix("src_") for m in MECHANISM_SCALARS if m.startswith("src_"))
 MEASURES = ("induction", "prev_token", "relevant_mass", "irrelevant_mass")
 

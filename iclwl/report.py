@@ -22,8 +22,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from iclwl.analysis import GROUPS, ReportError, Sweep, combine, curves, find_runs, probes_of, summarise, values_of
-from iclwl.mechanism_report import DEFAULT_PROBES, format_mechanisms, mechanism_probes, mechanism_table
+from iclwl.analysis import (
+    DEFAULT_PROBES,
+    GROUPS,
+    ReportError,
+    Sweep,
+    combine,
+    curves,
+    find_runs,
+    probes_of,
+    summarise,
+    values_of,
+)
+from iclwl.mechanism_report import format_mechanisms, mechanism_probes, mechanism_table
 from iclwl.plots import plot_mechanisms, plot_phase, plot_settings
 
 

@@ -187,5 +187,6 @@ def test_report_marks_the_onsets_of_icl_and_induction(tmp_path):
     text = (tmp_path / "report" / "mechanisms.md").read_text()
     assert "| - | 100 | 10 | never | 1.000 | 0.250 | 0.950 | 0.450 | 1.000 / 0.000 |" in text
     assert "| - | 0.500 | 0.250 | 0.250 | 0.000 |" in text  # no icl_flip, no in_dist: the sources of icl_novel
+    assert main([str(tmp_path), "--mechanism-probe", "iwl_no_support"]) == 2  # logged no measures
     assert main([str(tmp_path), "--measure-level", "0.95"]) == 0
     assert "| - | 100 | 1000 | never |" in (tmp_path / "report" / "mechanisms.md").read_text()
