@@ -11,7 +11,8 @@ Definitions (per setting and series; a series is a probe, or a probe's rare/comm
 - final: the seeds' values at the last step (mean and population std);
 - peak: the maximum of the seed-mean curve, and the first step where it is reached;
 - drop: peak minus the final seed mean; *transient* when the drop exceeds a threshold;
-- onset: the first step where the seed-mean curve reaches a level (default: halfway from chance to 1).
+- onset: the first step where the seed-mean curve reaches a level (default: halfway from chance to 1); for a
+  mechanistic measure (``icl_novel:induction``) the first step it reaches its own level (``iclwl.report``).
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from iclwl.records import read_metrics
+from iclwl.records import MECHANISM_LISTS, MECHANISM_SCALARS, read_metrics
 
 # Row fields that are measurements, not coordinates (see iclwl/records.py).
-MEASURES = frozenset({"step", "member", "probe", "acc", "loss", "acc_common", "acc_rare", "stopped_at"})
+MEASURES = frozenset({"step", "member", "probe", "acc", "loss", "acc_common", "acc_rare", "stopped_at",
+                      *MECHANISM_SCALARS, *MECHANISM_LISTS})  # fmt: skip
 # Config fields that never make two runs different settings: bookkeeping, or already a row coordinate
 # (the sweep lists and seeds reappear per row as each member's own value).
 NOT_COORDINATES = ("sweep.", "train.seeds", "train.resume", "train.chunk_steps", "logging.", "checkpoint.")
 GROUPS = ("common", "rare")
+DEFAULT_PROBES = ("icl_novel", "iwl_no_support")  # the one probe only ICL solves, the one only IWL solves
 
 Setting = tuple[tuple[str, Any], ...]
 
@@ -174,18 +177,21 @@ def sort_key(value: Any) -> tuple:
 
 
 def curves(sweep: Sweep, series: list[str]) -> dict[tuple[Setting, str], Curve]:
-    """Seed curves per (setting, series); a series is a probe name, or ``probe:rare`` / ``probe:common`` for the
-    accuracy on that frequency group (absent where the task has no groups)."""
+    """Seed curves per (setting, series); a series is a probe name (its accuracy), ``probe:rare`` /
+    ``probe:common`` for the accuracy on that frequency group (absent where the task has no groups), or
+    ``probe:<measure>`` for a mechanistic measure of records.MECHANISM_SCALARS (``icl_novel:induction``; absent
+    where the rows lack it)."""
     by_step: dict[tuple[Setting, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     wanted = set(series)
+    fields = {**{g: f"acc_{g}" for g in GROUPS}, **{m: m for m in MECHANISM_SCALARS}}
     for r in sweep.rows:
         setting = _setting(r, sweep.coords)
         if r["probe"] in wanted:
             by_step[(setting, r["probe"])][r["step"]].append(r["acc"])
-        for g in GROUPS:
-            name = f"{r['probe']}:{g}"
-            if name in wanted and r.get(f"acc_{g}") is not None:
-                by_step[(setting, name)][r["step"]].append(r[f"acc_{g}"])
+        for suffix, field in fields.items():
+            name = f"{r['probe']}:{suffix}"
+            if name in wanted and r.get(field) is not None:
+                by_step[(setting, name)][r["step"]].append(r[field])
     order = sorted(by_step, key=lambda k: ([sort_key(v) for _, v in k[0]], series.index(k[1])))
     result = {}
     for key in order:
@@ -207,7 +213,6 @@ def summary_row(curve: Curve, chance: float, drop_threshold: float, level: float
     peak_at = int(np.argmax(mean))  # the first maximum
     drop = float(mean[peak_at] - mean[-1])
     onset_at = onset_level(chance, level)
-    reached = np.flatnonzero(mean >= onset_at)
     return {
         "final": float(final.mean()),
         "final_std": float(final.std()),
@@ -217,10 +222,16 @@ def summary_row(curve: Curve, chance: float, drop_threshold: float, level: float
         "drop": drop,
         "transient": drop > drop_threshold,
         "onset_level": onset_at,
-        "onset_step": int(curve.steps[reached[0]]) if reached.size else None,
+        "onset_step": first_step_at(curve, onset_at),
         "chance": chance,
         "seeds": len(final),
     }
+
+
+def first_step_at(curve: Curve, level: float) -> int | None:
+    """The first evaluated step where the seed-mean curve reaches ``level`` (the onset), None if never."""
+    reached = np.flatnonzero(curve.mean >= level)
+    return int(curve.steps[reached[0]]) if reached.size else None
 
 
 def summarise(sweep: Sweep, series: list[str], drop_threshold: float, level: float | None) -> list[dict[str, Any]]:

@@ -82,6 +82,7 @@ class ProbeConfig:
     every: int = 0  # plus one every this many steps (0 = ten evenly spaced evaluations)
     families: bool = False  # also the shots_k and distance_d families
     names: tuple[str, ...] = ()  # () = every probe that fits the task
+    mechanisms: bool = True  # attention measures and prediction sources on every probe set (iclwl/mechanisms.py)
 
 
 @dataclass(frozen=True)

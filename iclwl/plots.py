@@ -1,5 +1,6 @@
 """Figures: accuracy on each probe against training step, one panel per setting (a run's curves.png, and the
-report's curves over many runs), and the report's phase diagrams over two coordinates.
+report's curves over many runs), the report's phase diagrams over two coordinates, and its mechanistic measures
+against step (mechanisms.png).
 
 Lines are the mean over seeds, the band their min..max. The x axis is log-scaled (symlog, so step 0 shows).
 """
@@ -139,4 +140,60 @@ def plot_phase(table: list[dict[str, Any]], coords: list[str], x: str, y: str, p
             ax.set_title(title, fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy (seed mean)")
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+MEASURE_STYLE = {
+    "induction": ("tab:green", "-"),
+    "prev_token": ("tab:purple", "--"),
+    "relevant_mass": ("tab:olive", ":"),
+}
+SOURCE_COLORS = {"same_class": "tab:blue", "memorised": "tab:red", "context": "tab:orange", "other": "gray"}
+
+
+def plot_mechanisms(curves: dict, table: list[dict[str, Any]], probes: tuple[str, str, str, str], chance: dict,
+                    path: Path) -> None:  # fmt: skip
+    """Per setting, two panels over training step. Top: the ICL and IWL probes' accuracy and the mechanistic
+    measures of the measure probe, on one axis, with the onsets of ICL and of the induction score as vertical
+    lines (from ``table``, iclwl.report.mechanism_table). Bottom: where the sources probe's answers come from.
+    ``probes`` = (icl, iwl, measure, sources probe); ``curves`` maps (setting, series) to a Curve."""
+    icl, iwl, measured, sourced = probes
+    ncols = min(len(table), 4)
+    nrows = -(-len(table) // ncols)
+    fig, axes = plt.subplots(2 * nrows, ncols, figsize=(4.6 * ncols, 6.4 * nrows), squeeze=False, sharex=True)
+    for i, row in enumerate(table):
+        setting = row["key"]
+        top, bottom = axes[2 * (i // ncols)][i % ncols], axes[2 * (i // ncols) + 1][i % ncols]
+        series = [(icl, f"{icl} acc", STYLE.get(icl, ("tab:blue", "-"))),
+                  (iwl, f"{iwl} acc", STYLE.get(iwl, ("tab:red", "-")))]  # fmt: skip
+        series += [(f"{measured}:{m}", f"{m} ({measured})", style) for m, style in MEASURE_STYLE.items()]
+        for name, label, (color, ls) in series:
+            if (setting, name) in curves:
+                c = curves[(setting, name)]
+                top.plot(c.steps, c.mean, ls, color=color, lw=1.6, label=label)
+        for step, color, what in ((row["icl_onset"], "tab:blue", "ICL onset"),
+                                  (row["induction_onset"], "tab:green", "induction onset")):  # fmt: skip
+            if step is not None:
+                top.axvline(step, color=color, lw=1.0, ls=(0, (4, 3)), alpha=0.8, label=f"{what} ({step})")
+        top.axhline(chance[setting], color="gray", lw=0.8, ls="--")
+        top.set_title(_setting_title(setting), fontsize=9)
+        top.set_ylabel("accuracy / attention", fontsize=8)
+        top.legend(fontsize=6, loc="best")
+        for source, color in SOURCE_COLORS.items():
+            if (setting, f"{sourced}:src_{source}") in curves:
+                c = curves[(setting, f"{sourced}:src_{source}")]
+                bottom.plot(c.steps, c.mean, color=color, lw=1.4, label=source)
+        bottom.set_ylabel(f"share of {sourced} answers", fontsize=8)
+        bottom.set_xlabel("training step", fontsize=8)
+        bottom.legend(fontsize=6, loc="best", title="answer is", title_fontsize=6)
+        for ax in (top, bottom):
+            ax.set_xscale("symlog", linthresh=1)  # symlog: step 0 shows
+            ax.set_xlim(left=0)
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+    for i in range(len(table), nrows * ncols):  # empty slots of the last row of settings
+        axes[2 * (i // ncols)][i % ncols].set_visible(False)
+        axes[2 * (i // ncols) + 1][i % ncols].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -1,4 +1,5 @@
-"""Probes of one member, on the device: accuracy and loss on every probe set, split by frequency group.
+"""Probes of one member, on the device: accuracy and loss on every probe set, split by frequency group, and
+(``probes.mechanisms``) the attention measures and prediction sources of ``iclwl.mechanisms``.
 
 Probe sets come from the member's eval stream (``fold_in(eval_key, probe index)``), so each evaluation sees the
 same sequences and training never draws them. The list of probes is fixed per run (``probe_list``).
@@ -6,15 +7,18 @@ same sequences and training never draws them. The list of probes is fixed per ru
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from data_gen import TaskParams, TaskStatic, Universe, probe_batch, probe_names
+from data_gen import Batch, TaskParams, TaskStatic, Universe, probe_batch, probe_names
 from data_gen.errors import ConfigError
+from data_gen.universe import labels_of
 from iclwl.config import ModelConfig, ProbeConfig
+from iclwl.mechanisms import Attention, attention_measures, prediction_sources
 from iclwl.model import random_offsets
 
 
@@ -23,6 +27,8 @@ class ProbeMetrics(NamedTuple):
     loss: jax.Array  # (..., P)
     group_correct: jax.Array  # (..., P, 2) correct answers among queries of group 0 (common/high) and 1 (rare/low)
     group_count: jax.Array  # (..., P, 2)
+    attention: Attention | None = None  # each (..., P, layers, H); None with probes.mechanisms=false
+    sources: jax.Array | None = None  # (..., P, 4) answer shares in mechanisms.SOURCES order
 
 
 def probe_list(probes: ProbeConfig, st: TaskStatic) -> list[str]:
@@ -35,6 +41,15 @@ def probe_list(probes: ProbeConfig, st: TaskStatic) -> list[str]:
     return probe_names(st, families=probes.families)
 
 
+def memorised_labels(st: TaskStatic, batch: Batch) -> jax.Array:
+    """(n, polysemy) the labels the fixed map gives each query's class; -1 where memory has none to give
+    (holdout and novel classes, never trained on; label_map='random', where no label is tied to a class)."""
+    q = batch.classes[:, -1:]  # (n, 1)
+    labels = labels_of(st, q, jnp.arange(st.polysemy)[None, :])  # (n, polysemy)
+    trained = (q >= 0) & (q < st.max_classes) & (st.label_map != "random")
+    return jnp.where(trained, labels, -1)
+
+
 def evaluate_member(
     st: TaskStatic, model_cfg: ModelConfig, probes: ProbeConfig, uni: Universe, model, task: TaskParams, key: jax.Array
 ) -> ProbeMetrics:
@@ -43,7 +58,16 @@ def evaluate_member(
         k_batch, k_offset = jax.random.split(jax.random.fold_in(key, i))
         batch = probe_batch(name, st, uni, task, k_batch, probes.n_eval)
         offset = random_offsets(model_cfg, k_offset, probes.n_eval)
-        logits = model(batch.items, batch.labels, offset, query_only=True)[:, -1]  # (n, n_labels)
+        attention = sources = None
+        if probes.mechanisms:
+            logits, weights = model(batch.items, batch.labels, offset, query_only=True, return_attention=True)
+            logits = logits[:, -1]  # (n, n_labels)
+            per_layer = functools.partial(attention_measures, classes=batch.classes, tokens=model_cfg.tokens)
+            attention = jax.vmap(per_layer)(weights)  # (layers, n, H, T, T) -> each (layers, H)
+            pred = jnp.argmax(logits, -1)
+            sources = prediction_sources(pred, batch.labels, batch.classes, memorised_labels(st, batch))
+        else:
+            logits = model(batch.items, batch.labels, offset, query_only=True)[:, -1]  # (n, n_labels)
         correct = jnp.argmax(logits, -1) == batch.labels[:, -1]  # (n,)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels[:, -1])
         in_group = batch.group[:, None] == jnp.arange(2)  # (n, 2)
@@ -53,6 +77,8 @@ def evaluate_member(
                 loss=loss.mean(),
                 group_correct=jnp.sum(in_group & correct[:, None], 0),
                 group_count=jnp.sum(in_group, 0),
+                attention=attention,
+                sources=sources,
             )
         )
     return jax.tree.map(lambda *xs: jnp.stack(xs), *out)

@@ -6,6 +6,19 @@ Reports read only these files. A row is one (step, member, probe)::
      "acc_rare": null, "seed": 0, "p_bursty": 1.0}
 
 Probe "train" rows carry the mean training loss and accuracy over the steps since the previous evaluation.
+
+With ``probes.mechanisms`` (the default) every probe row also carries the measures of ``iclwl.mechanisms``
+(docs/mechanisms.md), null where undefined::
+
+    "induction": 0.83, "prev_token": 0.97, "relevant_mass": 0.9, "irrelevant_mass": 0.05,
+    "src_same_class": 0.8, "src_memorised": 0.1, "src_context": 0.05, "src_other": 0.05,
+    "induction_lh": [[0.1, 0.2], [0.83, 0.1]], "prev_token_lh": [[0.97, 0.3], [0.2, 0.1]],
+    "relevant_mass_lh": [...], "irrelevant_mass_lh": [...]
+
+The scalars are the headline numbers (induction, relevant_mass, irrelevant_mass: the last layer's head with the
+largest induction score; prev_token: the largest over the first layer's heads); the ``*_lh`` fields hold every
+(layer, head), layer-major. The four ``src_*`` shares sum to 1. Rows written before these fields existed simply
+lack them; readers take what is there.
 """
 
 from __future__ import annotations
@@ -21,6 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# Measurement fields of a probe row with probes.mechanisms: numbers (sent to W&B), and per-(layer, head) lists
+MECHANISM_SCALARS = ("induction", "prev_token", "relevant_mass", "irrelevant_mass",
+                     "src_same_class", "src_memorised", "src_context", "src_other")  # fmt: skip
+MECHANISM_LISTS = ("induction_lh", "prev_token_lh", "relevant_mass_lh", "irrelevant_mass_lh")
 
 
 class MetricsFile:

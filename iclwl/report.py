@@ -6,7 +6,10 @@ setting (see ``iclwl.analysis``) and writes to ``--out`` (default ``<dir>/report
 - ``summary.md``, ``summary.csv``: per setting and probe: final accuracy (mean, std over seeds), peak of the
   seed-mean curve and its step, drop from peak to final and the transient flag, onset step, number of seeds;
 - ``curves.png``: accuracy against step, one panel per setting, mean and min..max over seeds;
-- ``phase_<X>_<Y>.png``: final and peak accuracy of each probe over two coordinates (when two of them vary).
+- ``phase_<X>_<Y>.png``: final and peak accuracy of each probe over two coordinates (when two of them vary);
+- ``mechanisms.md``, ``mechanisms.png`` (when the runs logged them, ``probes.mechanisms``): per setting, the onset
+  of ICL and of the induction and previous-token scores, final measures and prediction sources; the measures
+  against step on the axis of the ICL and IWL accuracies, the onsets marked (docs/mechanisms.md).
 
 A path, probe or coordinate that is not there stops it with one line and exit code 2.
 """
@@ -19,10 +22,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from iclwl.analysis import GROUPS, ReportError, Sweep, combine, curves, find_runs, probes_of, summarise, values_of
-from iclwl.plots import plot_phase, plot_settings
-
-DEFAULT_PROBES = ("icl_novel", "iwl_no_support")  # the one probe only ICL solves, the one only IWL solves
+from iclwl.analysis import (
+    DEFAULT_PROBES,
+    GROUPS,
+    ReportError,
+    Sweep,
+    combine,
+    curves,
+    find_runs,
+    probes_of,
+    summarise,
+    values_of,
+)
+from iclwl.mechanism_report import format_mechanisms, mechanism_probes, mechanism_table
+from iclwl.plots import plot_mechanisms, plot_phase, plot_settings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,6 +69,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--groups",
         action="store_true",
         help="also tabulate each probe's rare and common frequency groups, where the task has them",
+    )
+    p.add_argument(
+        "--mechanism-probe",
+        help="probe whose attention measures are plotted against ICL and IWL (default: icl_novel)",
+    )
+    p.add_argument(
+        "--measure-level",
+        type=float,
+        default=0.5,
+        help="onset of the induction / previous-token score = first step its seed mean reaches this (default 0.5)",
     )
     return p.parse_args(argv)
 
@@ -144,15 +167,20 @@ def report(
     drop_threshold: float = 0.1,
     onset_level: float | None = None,
     groups: bool = False,
+    mechanism_probe: str | None = None,
+    measure_level: float = 0.5,
 ) -> list[Path]:
     """Write the report of the runs under ``path``; returns the files written."""
     if drop_threshold < 0:
         raise ReportError(f"--drop-threshold = {drop_threshold}; expected a number >= 0")
     if onset_level is not None and not 0 <= onset_level <= 1:
         raise ReportError(f"--onset-level = {onset_level}; expected an accuracy in [0, 1]")
+    if not 0 <= measure_level <= 1:
+        raise ReportError(f"--measure-level = {measure_level}; expected an attention share in [0, 1]")
     sweep = combine(find_runs(path))
     chosen = choose_probes(sweep, probes)
     axes = choose_axes(sweep, heatmap)
+    mechanisms = mechanism_probes(sweep, mechanism_probe)
     out = out if out is not None else path / "report"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -168,6 +196,12 @@ def report(
         written.append(out / f"phase_{axes[0]}_{axes[1]}.png")
         main_rows = [t for t in table if t["probe"] in chosen]
         plot_phase(main_rows, sweep.coords, axes[0], axes[1], chosen, written[-1])
+    if mechanisms is not None:
+        mech_table, mech_curves = mechanism_table(sweep, mechanisms, onset_level, measure_level)
+        level_text = f"{onset_level:g}" if onset_level is not None else "halfway from chance to 1"
+        written += [out / "mechanisms.md", out / "mechanisms.png"]
+        written[-2].write_text(format_mechanisms(mech_table, mechanisms, level_text, measure_level))
+        plot_mechanisms(mech_curves, mech_table, mechanisms, sweep.chance, written[-1])
     return written
 
 
@@ -175,12 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         written = report(
-            args.path, args.out, args.probes, args.heatmap, args.drop_threshold, args.onset_level, args.groups
-        )
+            args.path, args.out, args.probes, args.heatmap, args.drop_threshold, args.onset_level, args.groups,
+            args.mechanism_probe, args.measure_level,
+        )  # fmt: skip
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(written[0].read_text())
+    if written[-2].name == "mechanisms.md":
+        print(written[-2].read_text())
     print("wrote: " + ", ".join(str(p) for p in written))
     return 0
 

@@ -24,6 +24,7 @@ from data_gen import ConfigError, TaskStatic, make_universe, static_part
 from iclwl.checkpoints import CheckpointError, Checkpoints, checkpoint_steps, resume_conflicts
 from iclwl.config import Config, member_tasks, members
 from iclwl.groups import fit_groups
+from iclwl.mechanisms import SOURCES, headline, per_head
 from iclwl.plots import plot_run
 from iclwl.preemption import Preempted, StopRequests
 from iclwl.probing import ProbeMetrics, probe_list
@@ -60,9 +61,19 @@ def _rows(step: int, probes: ProbeMetrics, names: list[str], coords: list[dict[s
             group_acc = [float(correct[g] / count[g]) if count[g] else None for g in range(2)]
             rows.append(
                 {"step": step, "member": m, "probe": name, "acc": float(probes.acc[m, p]),
-                 "loss": float(probes.loss[m, p]), "acc_common": group_acc[0], "acc_rare": group_acc[1], **coord}
+                 "loss": float(probes.loss[m, p]), "acc_common": group_acc[0], "acc_rare": group_acc[1],
+                 **_mechanism_fields(probes, m, p), **coord}
             )  # fmt: skip
     return rows
+
+
+def _mechanism_fields(probes: ProbeMetrics, m: int, p: int) -> dict[str, Any]:
+    """The fields of records.MECHANISM_SCALARS and MECHANISM_LISTS for member m, probe p (none when off)."""
+    if probes.attention is None:
+        return {}
+    lh = {k: np.asarray(v[m, p]) for k, v in probes.attention._asdict().items()}  # (layers, H) each
+    shares = {f"src_{s}": float(probes.sources[m, p, i]) for i, s in enumerate(SOURCES)}
+    return {**headline(lh), **shares, **{f"{k}_lh": per_head(v) for k, v in lh.items()}}
 
 
 def _train_rows(step: int, meter: Meter, health: Health, coords: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -5,7 +5,8 @@ of the run's config, so the W&B UI can group runs by them and draw mean ± sprea
 the provenance are nested under ``config`` and ``provenance``. All members of a run, and all jobs of a Hydra
 multirun, share one W&B group. Metric names are ``<probe>/<field>`` (``icl_novel/acc``, ``iwl_no_support/acc_rare``,
 ``train/loss``) against the training step ``step``; with ``per_member=false`` one run holds every member under
-``m<member>/<probe>/<field>``.
+``m<member>/<probe>/<field>``. The mechanistic measures go the same way (``icl_novel/induction``,
+``in_dist/src_memorised``; docs/mechanisms.md).
 
 W&B is never load-bearing: metrics.jsonl is the record. Any exception from W&B (no network, no login, a server
 error) is reported once on stderr and turns the sink off; training goes on.
@@ -30,9 +31,11 @@ from typing import Any
 
 from data_gen import ConfigError
 from iclwl.config import WandbConfig
+from iclwl.records import MECHANISM_SCALARS
 
 IDS_FILE = "wandb_ids.json"
-METRICS = ("acc", "loss", "acc_common", "acc_rare", "stopped_at")  # the fields of a row that are measurements
+# the fields of a row that are measurements (the per-(layer, head) lists stay in metrics.jsonl)
+METRICS = ("acc", "loss", "acc_common", "acc_rare", "stopped_at", *MECHANISM_SCALARS)
 
 
 def require_wandb(cfg: WandbConfig) -> None:

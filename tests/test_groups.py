@@ -10,6 +10,7 @@ from test_training import tiny
 from data_gen import ConfigError, make_universe
 from iclwl.config import ProbeConfig, SweepConfig, TrainConfig, members, validate_config
 from iclwl.groups import Groups, fit_groups
+from iclwl.records import MECHANISM_LISTS, MECHANISM_SCALARS
 from iclwl.run import ensemble_static, run
 from iclwl.training import member_inputs
 
@@ -39,13 +40,15 @@ def test_groups_give_the_numbers_of_one_program(tmp_path, capsys):
     assert "6 members as 2 consecutive groups of 3" in capsys.readouterr().out
     a, b = rows(tmp_path / "whole"), rows(tmp_path / "split")
     assert len(a) == len(b) > 0
+    measured = {"acc", "loss", *MECHANISM_SCALARS, *MECHANISM_LISTS}
     for x, y in zip(a, b, strict=True):
-        assert {k: v for k, v in x.items() if k not in ("acc", "loss")} == {
-            k: v for k, v in y.items() if k not in ("acc", "loss")
-        }
+        assert {k: v for k, v in x.items() if k not in measured} == {k: v for k, v in y.items() if k not in measured}
         if x["loss"] is not None:
             np.testing.assert_allclose(x["loss"], y["loss"], rtol=1e-4)
             np.testing.assert_allclose(x["acc"], y["acc"], atol=1 / 32 + 1e-9)  # at most one probe answer flips
+        for k in (*MECHANISM_SCALARS, *MECHANISM_LISTS):  # attention: round-off; answer shares: one flip
+            if k in x or k in y:
+                np.testing.assert_allclose(np.array(x[k], float), np.array(y[k], float), atol=1 / 32 + 1e-4)
     assert {(r["seed"], r["p_relevant"]) for r in a} == {(c["seed"], c["p_relevant"]) for c in members(grid())}
 
     cfg, st, uni, init, mem = parts(grid())
