@@ -23,6 +23,7 @@ class ProbeMetrics(NamedTuple):
     loss: jax.Array  # (..., P)
     group_correct: jax.Array  # (..., P, 2) correct answers among queries of group 0 (common/high) and 1 (rare/low)
     group_count: jax.Array  # (..., P, 2)
+    measures: dict[str, jax.Array]  # (..., P) each: means of the model's ``query_measures`` (the gated model's gate)
 
 
 def probe_list(probes: ProbeConfig, st: TaskStatic) -> list[str]:
@@ -47,12 +48,15 @@ def evaluate_member(
         correct = jnp.argmax(logits, -1) == batch.labels[:, -1]  # (n,)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels[:, -1])
         in_group = batch.group[:, None] == jnp.arange(2)  # (n, 2)
+        measures = getattr(model, "query_measures", None)  # an optional method: only some archs have one
+        means = {k: v.mean() for k, v in measures(batch.items, batch.labels).items()} if measures else {}
         out.append(
             ProbeMetrics(
                 acc=correct.mean(),
                 loss=loss.mean(),
                 group_correct=jnp.sum(in_group & correct[:, None], 0),
                 group_count=jnp.sum(in_group, 0),
+                measures=means,
             )
         )
     return jax.tree.map(lambda *xs: jnp.stack(xs), *out)

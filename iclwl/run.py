@@ -60,7 +60,8 @@ def _rows(step: int, probes: ProbeMetrics, names: list[str], coords: list[dict[s
             group_acc = [float(correct[g] / count[g]) if count[g] else None for g in range(2)]
             rows.append(
                 {"step": step, "member": m, "probe": name, "acc": float(probes.acc[m, p]),
-                 "loss": float(probes.loss[m, p]), "acc_common": group_acc[0], "acc_rare": group_acc[1], **coord}
+                 "loss": float(probes.loss[m, p]), "acc_common": group_acc[0], "acc_rare": group_acc[1],
+                 **{k: float(v[m, p]) for k, v in probes.measures.items()}, **coord}
             )  # fmt: skip
     return rows
 

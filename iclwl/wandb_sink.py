@@ -32,7 +32,8 @@ from data_gen import ConfigError
 from iclwl.config import WandbConfig
 
 IDS_FILE = "wandb_ids.json"
-METRICS = ("acc", "loss", "acc_common", "acc_rare", "stopped_at")  # the fields of a row that are measurements
+# the fields of a row that are measurements (gate_iwl: the gated model's gate, iclwl/gated.py)
+METRICS = ("acc", "loss", "acc_common", "acc_rare", "gate_iwl", "stopped_at")
 
 
 def require_wandb(cfg: WandbConfig) -> None:
