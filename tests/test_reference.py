@@ -12,6 +12,7 @@ from flax import nnx
 
 from data_gen import ConfigError
 from iclwl.architectures import ARCHS, build_model
+from iclwl.checkpoints import resume_conflicts
 from iclwl.config import CheckpointConfig, LoggingConfig, ModelConfig, OptimConfig, ProbeConfig, TrainConfig, from_dict
 from iclwl.gated import Gated
 from iclwl.lstm import LSTM
@@ -190,3 +191,10 @@ def test_arch_validation():
     assert tiny(model=dataclasses.replace(LSTM_CFG, n_heads=3, pos="onehot", max_offset=4)).model.arch == "lstm"
     with pytest.raises(ConfigError, match="divisible by n_heads"):
         tiny(model=ModelConfig(d_model=16, n_heads=3))
+
+
+def test_checkpoints_from_before_the_arch_setting_still_resume():
+    saved = json.loads(json.dumps(dataclasses.asdict(tiny())))
+    del saved["model"]["arch"]  # a config written before model.arch existed: a transformer
+    assert resume_conflicts(saved, tiny()) == []
+    assert "model.arch='transformer' -> 'gated'" in resume_conflicts(saved, tiny(model=GATED))
