@@ -142,9 +142,12 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def resume_conflicts(saved: dict[str, Any], cfg: Config) -> list[str]:
-    """Settings that differ between the checkpoint's config and ``cfg`` and would change its meaning."""
+    """Settings that differ between the checkpoint's config and ``cfg`` and would change its meaning.
+
+    A setting added to the schema after the checkpoint was written (``model.arch``) counts at its default there.
+    """
     now = _flat(json.loads(json.dumps(dataclasses.asdict(cfg))))
-    before = _flat(saved)
+    before = {**_flat(json.loads(json.dumps(dataclasses.asdict(Config())))), **_flat(saved)}
     keys = sorted(set(now) | set(before))
     meaning = [k for k in keys if any(k == m or k.startswith(m + ".") for m in MEANING)]
     return [f"{k}={before.get(k)!r} -> {now.get(k)!r}" for k in meaning if before.get(k) != now.get(k)]

@@ -18,11 +18,21 @@ from typing import Any, Literal
 
 from data_gen import DYNAMIC_FIELDS, ConfigError, TaskSpec, validate
 
+Arch = Literal["transformer", "gated", "lstm"]
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A causal transformer over ``x1 y1 x2 y2 ... xL yL xq`` (or one token per (item, label) with 'concat')."""
+    """The network that reads ``x1 y1 x2 y2 ... xL yL xq`` (or one token per (item, label) with 'concat').
 
+    arch: 'transformer' (iclwl/model.py, reads every field); 'gated' (iclwl/gated.py, Chan et al. 2024: an MLP on
+    the query mixed by a learned gate with a softmax over its similarity to the context items; reads d_model);
+    'lstm' (iclwl/lstm.py: the same tokens through stacked LSTMs; reads n_layers, d_model, tokens, readout_hidden).
+    An arch ignores the fields it does not read, so any experiment preset runs with any arch
+    (``experiment=chan2022_bursty model.arch=lstm``: a 12-layer LSTM of width 64; the preset's n_heads is unused).
+    """
+
+    arch: Arch = "transformer"
     n_layers: int = 2
     n_heads: int = 2
     d_model: int = 64
@@ -277,15 +287,9 @@ def validate_config(cfg: Config) -> Config:
         _need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0" + where)
     m, o, t, p = cfg.model, cfg.optim, cfg.train, cfg.probes
     _need(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
-    _need(m.n_layers >= 1, "model.n_layers", m.n_layers, "must be >= 1")
-    _need(m.n_heads >= 1, "model.n_heads", m.n_heads, "must be >= 1")
-    _need(m.d_model % m.n_heads == 0, "model.d_model", m.d_model, f"must be divisible by n_heads ({m.n_heads})")
-    _need(m.pos != "rotary" or (m.d_model // m.n_heads) % 2 == 0, "model.d_model", m.d_model,
-          "rotary positions need an even head dimension")  # fmt: skip
-    _need(m.mlp_ratio >= 0, "model.mlp_ratio", m.mlp_ratio, "must be >= 0 (0 = attention-only)")
-    _need(m.max_offset >= 0, "model.max_offset", m.max_offset, "must be >= 0")
-    _need(m.max_offset == 0 or m.pos == "onehot", "model.max_offset", m.max_offset, "random offsets need pos=onehot")
-    _need(all(h >= 1 for h in m.readout_hidden), "model.readout_hidden", m.readout_hidden, "widths must be >= 1")
+    _validate_model(m)
+    _need(o.decay_mask == "all" or m.arch != "lstm", "optim.decay_mask", o.decay_mask,
+          "an LSTM has no MLP or attention blocks to single out (use all)")  # fmt: skip
     _need(m.encoder != "resnet" or math.isqrt(cfg.task.D) ** 2 == cfg.task.D, "model.encoder", m.encoder,
           f"a ResNet reads square images: task.D ({cfg.task.D}) must be image_size^2")  # fmt: skip
     _need(m.encoder_width >= 1, "model.encoder_width", m.encoder_width, "must be >= 1")
@@ -317,6 +321,21 @@ def validate_config(cfg: Config) -> Config:
     _need(p.every >= 0, "probes.every", p.every, "must be >= 0")
     _validate_wandb(cfg.wandb)
     return cfg
+
+
+def _validate_model(m: ModelConfig) -> None:
+    _need(m.n_layers >= 1, "model.n_layers", m.n_layers, "must be >= 1")
+    _need(m.d_model >= 1, "model.d_model", m.d_model, "must be >= 1")
+    _need(all(h >= 1 for h in m.readout_hidden), "model.readout_hidden", m.readout_hidden, "widths must be >= 1")
+    if m.arch != "transformer":  # the rest are settings of the transformer alone, which the others ignore
+        return
+    _need(m.n_heads >= 1, "model.n_heads", m.n_heads, "must be >= 1")
+    _need(m.d_model % m.n_heads == 0, "model.d_model", m.d_model, f"must be divisible by n_heads ({m.n_heads})")
+    _need(m.pos != "rotary" or (m.d_model // m.n_heads) % 2 == 0, "model.d_model", m.d_model,
+          "rotary positions need an even head dimension")  # fmt: skip
+    _need(m.mlp_ratio >= 0, "model.mlp_ratio", m.mlp_ratio, "must be >= 0 (0 = attention-only)")
+    _need(m.max_offset >= 0, "model.max_offset", m.max_offset, "must be >= 0")
+    _need(m.max_offset == 0 or m.pos == "onehot", "model.max_offset", m.max_offset, "random offsets need pos=onehot")
 
 
 # W&B refuses these in project and group names (and in run ids, which are made from nothing the user types)

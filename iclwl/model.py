@@ -46,6 +46,23 @@ def random_offsets(cfg: ModelConfig, key: jax.Array, n: int) -> jax.Array | None
     return jax.random.randint(key, (n,), 0, cfg.max_offset + 1)
 
 
+def embed_tokens(item_in: nnx.Linear, label_in: nnx.Embed | None, n_labels: int, items: jax.Array,
+                 labels: jax.Array) -> jax.Array:  # fmt: skip
+    """(B, L+1, D) items and (B, L+1) labels (the last, the target, is never read) -> (B, T, d) tokens.
+
+    With a label embedding the tokens interleave ``x1 y1 ... xL yL xq``; without one, each pair is one token
+    ``[x_i ; onehot(y_i)]`` and the query ``[x_q ; 0]``. Shared by every arch that reads the token sequence.
+    """
+    B, n, _ = items.shape
+    if label_in is None:
+        onehot = jax.nn.one_hot(labels, n_labels).at[:, -1].set(0.0)  # hide the target
+        return item_in(jnp.concatenate([items, onehot], axis=-1))  # (B, L+1, d)
+    x = item_in(items)  # (B, L+1, d)
+    y = label_in(labels[:, :-1])  # (B, L, d)
+    pairs = jnp.stack([x[:, :-1], y], axis=2).reshape(B, 2 * (n - 1), -1)  # (B, 2L, d)
+    return jnp.concatenate([pairs, x[:, -1:]], axis=1)  # (B, 2L+1, d)
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.n_heads, self.rotary = cfg.n_heads, cfg.pos == "rotary"
@@ -122,16 +139,8 @@ class Transformer(nnx.Module):
         self.readout = nnx.Linear(widths[-1], n_labels, rngs=rngs)
 
     def embed(self, items: jax.Array, labels: jax.Array) -> jax.Array:
-        """(B, L+1, D) items and (B, L+1) labels (the last, the target, is never read) -> (B, T, d) tokens."""
-        B, n, _ = items.shape
-        items = self.encoder(items)  # (B, L+1, features)
-        if self.label_in is None:
-            onehot = jax.nn.one_hot(labels, self.n_labels).at[:, -1].set(0.0)  # hide the target
-            return self.item_in(jnp.concatenate([items, onehot], axis=-1))  # (B, L+1, d)
-        x = self.item_in(items)  # (B, L+1, d)
-        y = self.label_in(labels[:, :-1])  # (B, L, d)
-        pairs = jnp.stack([x[:, :-1], y], axis=2).reshape(B, 2 * (n - 1), -1)  # (B, 2L, d)
-        return jnp.concatenate([pairs, x[:, -1:]], axis=1)  # (B, 2L+1, d)
+        """(B, L+1, D) items and (B, L+1) labels -> (B, T, d) tokens (``embed_tokens``)."""
+        return embed_tokens(self.item_in, self.label_in, self.n_labels, self.encoder(items), labels)
 
     def __call__(
         self,

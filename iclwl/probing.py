@@ -27,6 +27,7 @@ class ProbeMetrics(NamedTuple):
     loss: jax.Array  # (..., P)
     group_correct: jax.Array  # (..., P, 2) correct answers among queries of group 0 (common/high) and 1 (rare/low)
     group_count: jax.Array  # (..., P, 2)
+    measures: dict[str, jax.Array]  # (..., P) each: means of the model's ``query_measures`` (the gated model's gate)
     attention: Attention | None = None  # each (..., P, layers, H); None with probes.mechanisms=false
     sources: jax.Array | None = None  # (..., P, 4) answer shares in mechanisms.SOURCES order
 
@@ -59,24 +60,28 @@ def evaluate_member(
         batch = probe_batch(name, st, uni, task, k_batch, probes.n_eval)
         offset = random_offsets(model_cfg, k_offset, probes.n_eval)
         attention = sources = None
-        if probes.mechanisms:
+        if probes.mechanisms and model_cfg.arch == "transformer":  # the other archs have no attention weights
             logits, weights = model(batch.items, batch.labels, offset, query_only=True, return_attention=True)
             logits = logits[:, -1]  # (n, n_labels)
             per_layer = functools.partial(attention_measures, classes=batch.classes, tokens=model_cfg.tokens)
             attention = jax.vmap(per_layer)(weights)  # (layers, n, H, T, T) -> each (layers, H)
-            pred = jnp.argmax(logits, -1)
-            sources = prediction_sources(pred, batch.labels, batch.classes, memorised_labels(st, batch))
         else:
             logits = model(batch.items, batch.labels, offset, query_only=True)[:, -1]  # (n, n_labels)
+        if probes.mechanisms:
+            pred = jnp.argmax(logits, -1)
+            sources = prediction_sources(pred, batch.labels, batch.classes, memorised_labels(st, batch))
         correct = jnp.argmax(logits, -1) == batch.labels[:, -1]  # (n,)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels[:, -1])
         in_group = batch.group[:, None] == jnp.arange(2)  # (n, 2)
+        measures = getattr(model, "query_measures", None)  # an optional method: only some archs have one
+        means = {k: v.mean() for k, v in measures(batch.items, batch.labels).items()} if measures else {}
         out.append(
             ProbeMetrics(
                 acc=correct.mean(),
                 loss=loss.mean(),
                 group_correct=jnp.sum(in_group & correct[:, None], 0),
                 group_count=jnp.sum(in_group, 0),
+                measures=means,
                 attention=attention,
                 sources=sources,
             )

@@ -62,18 +62,21 @@ def _rows(step: int, probes: ProbeMetrics, names: list[str], coords: list[dict[s
             rows.append(
                 {"step": step, "member": m, "probe": name, "acc": float(probes.acc[m, p]),
                  "loss": float(probes.loss[m, p]), "acc_common": group_acc[0], "acc_rare": group_acc[1],
-                 **_mechanism_fields(probes, m, p), **coord}
+                 **_mechanism_fields(probes, m, p),
+                 **{k: float(v[m, p]) for k, v in probes.measures.items()}, **coord}
             )  # fmt: skip
     return rows
 
 
 def _mechanism_fields(probes: ProbeMetrics, m: int, p: int) -> dict[str, Any]:
     """The fields of records.MECHANISM_SCALARS and MECHANISM_LISTS for member m, probe p (none when off)."""
-    if probes.attention is None:
-        return {}
-    lh = {k: np.asarray(v[m, p]) for k, v in probes.attention._asdict().items()}  # (layers, H) each
-    shares = {f"src_{s}": float(probes.sources[m, p, i]) for i, s in enumerate(SOURCES)}
-    return {**headline(lh), **shares, **{f"{k}_lh": per_head(v) for k, v in lh.items()}}
+    fields: dict[str, Any] = {}
+    if probes.sources is not None:
+        fields |= {f"src_{s}": float(probes.sources[m, p, i]) for i, s in enumerate(SOURCES)}
+    if probes.attention is not None:  # the transformer's; other archs have no attention weights
+        lh = {k: np.asarray(v[m, p]) for k, v in probes.attention._asdict().items()}  # (layers, H) each
+        fields |= {**headline(lh), **{f"{k}_lh": per_head(v) for k, v in lh.items()}}
+    return fields
 
 
 def _train_rows(step: int, meter: Meter, health: Health, coords: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from data_gen import TaskParams, TaskStatic, Universe, dynamic_part, sample_batch
+from iclwl.architectures import build_model
 from iclwl.config import (
     Config,
     ModelConfig,
@@ -33,7 +34,7 @@ from iclwl.config import (
     member_tasks,
     members,
 )
-from iclwl.model import Transformer, random_offsets
+from iclwl.model import random_offsets
 from iclwl.optim import OptimParams, make_optimizer
 from iclwl.probing import evaluate_member
 
@@ -143,7 +144,7 @@ class Ensemble:
     def __init__(self, program: Program):
         self.prog = prog = program
         st = prog.task
-        self.make_model = lambda key: Transformer(prog.model, st.D, st.n_labels, st.L, rngs=nnx.Rngs(key))
+        self.make_model = lambda key: build_model(prog.model, st, key)
         self.graphdef, abstract = nnx.split(nnx.eval_shape(lambda: self.make_model(jax.random.key(0))))
         self.tx = make_optimizer(prog.optim, prog.train.steps, abstract)
         self.init = jax.jit(jax.vmap(self._init_member))

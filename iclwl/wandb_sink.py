@@ -34,8 +34,9 @@ from iclwl.config import WandbConfig
 from iclwl.records import MECHANISM_SCALARS
 
 IDS_FILE = "wandb_ids.json"
-# the fields of a row that are measurements (the per-(layer, head) lists stay in metrics.jsonl)
-METRICS = ("acc", "loss", "acc_common", "acc_rare", "stopped_at", *MECHANISM_SCALARS)
+# the fields of a row that are measurements (the per-(layer, head) lists stay in metrics.jsonl;
+# gate_iwl: the gated model's gate, iclwl/gated.py)
+METRICS = ("acc", "loss", "acc_common", "acc_rare", "gate_iwl", "stopped_at", *MECHANISM_SCALARS)
 
 
 def require_wandb(cfg: WandbConfig) -> None:
