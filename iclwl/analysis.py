@@ -28,7 +28,7 @@ import numpy as np
 from iclwl.records import MECHANISM_LISTS, MECHANISM_SCALARS, read_metrics
 
 # Row fields that are measurements, not coordinates (see iclwl/records.py).
-MEASURES = frozenset({"step", "member", "probe", "acc", "loss", "acc_common", "acc_rare", "stopped_at",
+MEASURES = frozenset({"step", "member", "probe", "acc", "loss", "acc_common", "acc_rare", "stopped_at", "gate_iwl",
                       *MECHANISM_SCALARS, *MECHANISM_LISTS})  # fmt: skip
 # Config fields that never make two runs different settings: bookkeeping, or already a row coordinate
 # (the sweep lists and seeds reappear per row as each member's own value).

@@ -19,7 +19,7 @@ from data_gen.errors import ConfigError
 from data_gen.universe import labels_of
 from iclwl.config import ModelConfig, ProbeConfig
 from iclwl.mechanisms import Attention, attention_measures, prediction_sources
-from iclwl.model import random_offsets
+from iclwl.model import Transformer, random_offsets
 
 
 class ProbeMetrics(NamedTuple):
@@ -60,7 +60,7 @@ def evaluate_member(
         batch = probe_batch(name, st, uni, task, k_batch, probes.n_eval)
         offset = random_offsets(model_cfg, k_offset, probes.n_eval)
         attention = sources = None
-        if probes.mechanisms and model_cfg.arch == "transformer":  # the other archs have no attention weights
+        if probes.mechanisms and isinstance(model, Transformer):  # other models have no attention weights
             logits, weights = model(batch.items, batch.labels, offset, query_only=True, return_attention=True)
             logits = logits[:, -1]  # (n, n_labels)
             per_layer = functools.partial(attention_measures, classes=batch.classes, tokens=model_cfg.tokens)

@@ -33,10 +33,11 @@ import numpy as np
 
 from data_gen import ConfigError, TaskParams, TaskStatic, Universe, make_universe
 from data_gen.universe import labels_of
+from iclwl.analysis import MEASURES
 from iclwl.config import Config, from_dict, members, schema_dict
 from iclwl.context import answer_rows, cosine, label_mixture, visible
 from iclwl.probing import ProbeMetrics, evaluate_member, probe_list
-from iclwl.run import ensemble_static
+from iclwl.run import ensemble_static, probe_rows
 from iclwl.training import member_inputs
 
 EPS = 1e-3  # probability mass a reference predictor spreads over every label: keeps its loss finite
@@ -111,22 +112,15 @@ def evaluate_reference(cfg: Config) -> list[dict[str, Any]]:
     """Rows of both predictors: the schema of metrics.jsonl (step 0, as they never train) plus ``predictor``."""
     names, coords = probe_list(cfg.probes, ensemble_static(cfg)), members(cfg)
     rows = []
-    for predictor in PREDICTORS:
-        probes = reference_metrics(cfg, predictor)
-        for m, coord in enumerate(coords):
-            for p, probe in enumerate(names):
-                correct, count = probes.group_correct[m, p], probes.group_count[m, p]
-                group_acc = [float(correct[g] / count[g]) if count[g] else None for g in range(2)]
-                rows.append({"step": 0, "member": m, "probe": probe, "acc": float(probes.acc[m, p]),
-                             "loss": float(probes.loss[m, p]), "acc_common": group_acc[0], "acc_rare": group_acc[1],
-                             **coord, "predictor": predictor})  # fmt: skip
+    for predictor in PREDICTORS:  # the rows a run writes at step 0 (run.probe_rows), tagged with the predictor
+        rows += [{**r, "predictor": predictor} for r in probe_rows(0, reference_metrics(cfg, predictor), names, coords)]
     return rows
 
 
 def format_reference(rows: list[dict[str, Any]]) -> str:
     """A markdown table: one line per predictor and setting (seeds averaged), one column per probe."""
     probes = list(dict.fromkeys(r["probe"] for r in rows))
-    fixed = {"step", "member", "probe", "acc", "loss", "acc_common", "acc_rare", "predictor", "seed"}
+    fixed = MEASURES | {"predictor", "seed"}  # what is left are the swept coordinates
     acc: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         setting = ", ".join(f"{k}={v}" for k, v in r.items() if k not in fixed) or "-"

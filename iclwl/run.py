@@ -53,7 +53,7 @@ def ensemble_static(cfg: Config) -> TaskStatic:
     return base
 
 
-def _rows(step: int, probes: ProbeMetrics, names: list[str], coords: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def probe_rows(step: int, probes: ProbeMetrics, names: list[str], coords: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for m, coord in enumerate(coords):
         for p, name in enumerate(names):
@@ -153,7 +153,7 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
         sink.write(rows)
 
     if t == 0:
-        record(_rows(0, ens.evaluate(), names, coords))
+        record(probe_rows(0, ens.evaluate(), names, coords))
 
     def save(step: int) -> None:
         if ckpts is not None:
@@ -180,7 +180,7 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
                         raise Preempted(stop.signum, t)
                 if target in evals:
                     probes, meter = ens.evaluate(), ens.meter()
-                    record(_train_rows(t, meter, health, coords) + _rows(t, probes, names, coords))
+                    record(_train_rows(t, meter, health, coords) + probe_rows(t, probes, names, coords))
                     ens.reset_meters()
                     bar.set_postfix(_postfix(meter, probes, names), refresh=False)
                 if target in saves or stop.signum is not None:

@@ -1,11 +1,17 @@
 """Tests run on the CPU, with W&B off, whatever the machine has."""
 
 import os
+import shutil
+import tempfile
+
+import pytest
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["WANDB_MODE"] = "disabled"
-
-import pytest
+# Tests that run train.py several times with one config (kill and resume, sharded vs not) would compile the same
+# programs in every process: JAX's persistent compilation cache, in a directory of this session, shares them.
+CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="iclwl-test-jax-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 
 def pytest_addoption(parser):
@@ -19,3 +25,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.path.basename(CACHE).startswith("iclwl-test-jax-cache-"):  # ours, not a directory the user gave
+        shutil.rmtree(CACHE, ignore_errors=True)

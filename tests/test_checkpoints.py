@@ -41,7 +41,7 @@ def tiny(**changes) -> Config:
         task=TINY_TASK,
         model=TINY_MODEL,
         train=TrainConfig(steps=60, batch_size=16, chunk_steps=7, seeds=(0, 1)),
-        probes=ProbeConfig(n_eval=64, n_log=4, every=20),
+        probes=ProbeConfig(n_eval=64, n_log=4, every=20, mechanisms=False),
         logging=LoggingConfig(progress=False, plot=False),
         checkpoint=CheckpointConfig(keep=3),
     )
@@ -195,8 +195,9 @@ def test_non_finite_member_stops_alone_and_keeps_its_last_good_state():
 
 
 def test_huge_learning_rate_stops_the_run_and_keeps_a_loadable_checkpoint(tmp_path, capsys):
-    cfg = tiny(optim=OptimConfig(name="sgd", lr=1e30, momentum=0.0), train=TrainConfig(steps=60, batch_size=16,
-               chunk_steps=7, seeds=(0, 1)), probes=ProbeConfig(n_eval=64, n_log=0, every=1))  # fmt: skip
+    cfg = tiny(optim=OptimConfig(name="sgd", lr=1e30, momentum=0.0),
+               train=TrainConfig(steps=60, batch_size=16, chunk_steps=7, seeds=(0, 1)),
+               probes=ProbeConfig(n_eval=64, n_log=0, every=1, mechanisms=False))  # fmt: skip
     with pytest.raises(NonFiniteLoss, match="every member stopped"):
         run(cfg, tmp_path)
     err = capsys.readouterr().err
@@ -231,6 +232,7 @@ def _train(args: list[str], cwd: Path) -> subprocess.Popen:
 
 ARGS = ["experiment=none", "task.n_classes=72", "task.n_holdout=8", "task.D=8", "model.d_model=16",
         "train.steps=600", "train.chunk_steps=10", "probes.n_eval=32", "probes.n_log=4", "probes.every=50",
+        "probes.mechanisms=false",
         "logging.progress=false", "logging.plot=false"]  # fmt: skip
 
 

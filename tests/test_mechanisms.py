@@ -16,7 +16,7 @@ from iclwl.mechanisms import SOURCES, attention_measures, headline, per_head, pr
 from iclwl.probing import memorised_labels
 from iclwl.records import MECHANISM_LISTS, MECHANISM_SCALARS, read_metrics, write_config
 from iclwl.report import main
-from iclwl.run import _rows, ensemble_static, run
+from iclwl.run import ensemble_static, probe_rows, run
 from iclwl.training import Program, compiled, member_inputs
 
 # L = 4 context pairs; the query (class 1) shares its class with items 0 and 2
@@ -163,9 +163,9 @@ def test_switched_off_the_rows_are_as_before_and_accuracies_do_not_move():
     np.testing.assert_array_equal(on.acc, off.acc)
     np.testing.assert_allclose(on.loss, off.loss, rtol=1e-5)
     names = ["icl_novel"]
-    assert set(_rows(0, off, names, [{"seed": 0}])[0]) == {"step", "member", "probe", "acc", "loss", "acc_common",
+    assert set(probe_rows(0, off, names, [{"seed": 0}])[0]) == {"step", "member", "probe", "acc", "loss", "acc_common",
                                                            "acc_rare", "seed"}  # fmt: skip
-    assert set(MECHANISM_SCALARS) <= set(_rows(0, on, names, [{"seed": 0}])[0])
+    assert set(MECHANISM_SCALARS) <= set(probe_rows(0, on, names, [{"seed": 0}])[0])
 
 
 def test_report_marks_the_onsets_of_icl_and_induction(tmp_path):

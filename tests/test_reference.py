@@ -17,6 +17,7 @@ from iclwl.config import CheckpointConfig, LoggingConfig, ModelConfig, OptimConf
 from iclwl.gated import Gated
 from iclwl.lstm import LSTM
 from iclwl.model import Transformer
+from iclwl.records import MECHANISM_LISTS, MECHANISM_SCALARS
 from iclwl.reference import evaluate_reference, format_reference, main, reference_metrics
 from iclwl.run import ensemble_static, run
 from tests.test_training import TINY_TASK, tiny, train
@@ -81,13 +82,18 @@ def test_nearest_prototype_with_low_noise():
 
 
 def test_reference_rows_share_the_metrics_schema(tmp_path):
-    rows = evaluate_reference(tiny())
+    with_measures = dataclasses.replace(tiny().probes, mechanisms=True)
+    rows = evaluate_reference(tiny(probes=with_measures))
     assert {r["predictor"] for r in rows} == {"nearest_context", "nearest_prototype"}
     assert len(rows) == 2 * len(PROBES)
-    run(tiny(logging=QUIET, checkpoint=NO_CHECKPOINTS), tmp_path)
+    run(tiny(logging=QUIET, checkpoint=NO_CHECKPOINTS, probes=with_measures), tmp_path)
     trained = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     probe_row = next(r for r in trained if r["probe"] != "train")
-    assert set(rows[0]) == set(probe_row) | {"predictor"}
+    # the trained transformer's rows also carry its attention measures, which the predictors do not have
+    assert set(probe_row) - set(rows[0]) == {k for k in probe_row if k in MECHANISM_SCALARS + MECHANISM_LISTS} - {
+        k for k in rows[0]
+    }
+    assert {"acc", "loss", "src_same_class", "predictor"} <= set(rows[0]) <= set(probe_row) | {"predictor"}
     table = format_reference(rows)
     assert "| nearest_context | - |" in table and "icl_novel" in table
 

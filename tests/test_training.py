@@ -21,7 +21,7 @@ def tiny(**changes) -> Config:
         task=TINY_TASK,
         model=TINY_MODEL,
         train=TrainConfig(steps=30, batch_size=16, chunk_steps=10),
-        probes=ProbeConfig(n_eval=64, n_log=3),
+        probes=ProbeConfig(n_eval=64, n_log=3, mechanisms=False),  # tests/test_mechanisms.py has them
     )
     return validate_config(dataclasses.replace(cfg, **changes))
 
@@ -66,7 +66,7 @@ def test_same_seed_same_run():
 
 
 def test_untrained_model_scores_chance():
-    cfg = tiny(probes=ProbeConfig(n_eval=2000))
+    cfg = tiny(probes=ProbeConfig(n_eval=2000, mechanisms=False))
     st = ensemble_static(cfg)
     ens, uni = compiled(Program.of(cfg, st)), make_universe(st)
     init, mem = member_inputs(cfg)
