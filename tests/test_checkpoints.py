@@ -232,7 +232,7 @@ def _train(args: list[str], cwd: Path) -> subprocess.Popen:
 
 ARGS = ["experiment=none", "task.n_classes=72", "task.n_holdout=8", "task.D=8", "model.d_model=16",
         "train.steps=600", "train.chunk_steps=10", "probes.n_eval=32", "probes.n_log=4", "probes.every=50",
-        "probes.mechanisms=false",
+        "probes.mechanisms=false", "probes.names=[icl_novel,iwl_no_support]",
         "logging.progress=false", "logging.plot=false"]  # fmt: skip
 
 

@@ -54,7 +54,7 @@ def test_layout_splits_members_then_batch():
 
 ARGS = ["experiment=none", "task.n_classes=72", "task.n_holdout=8", "task.D=8", "model.d_model=16",
         "train.steps=40", "train.chunk_steps=10", "probes.n_eval=32", "probes.n_log=2",
-        "probes.mechanisms=false", "logging.progress=false",
+        "probes.mechanisms=false", "probes.names=[icl_novel,iwl_no_support]", "logging.progress=false",
         "logging.plot=false", "checkpoint.enabled=false", "train.batch_size=16"]  # fmt: skip
 
 
