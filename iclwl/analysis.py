@@ -138,6 +138,14 @@ def combine(runs: list[Run]) -> Sweep:
     return Sweep(rows, coords, chance)
 
 
+def of_run(rows: list[dict[str, Any]], coords: list[str], n_labels: int) -> Sweep:
+    """The sweep of one run's rows in memory (``coords``: its members' coordinates, the seed among them)."""
+    probe_rows = [r for r in rows if r["probe"] != "train"]
+    setting_coords = [c for c in coords if c != "seed"]
+    chance = {_setting(r, setting_coords): 1.0 / n_labels for r in probe_rows}
+    return Sweep(probe_rows, setting_coords, chance)
+
+
 def _static_coords(runs: list[Run], member_coords: list[str]) -> list[str]:
     """Config fields that differ between runs, less bookkeeping and the base values of swept fields."""
     # task.seed (the class universe) is no member's seed: it stays a candidate

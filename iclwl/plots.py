@@ -197,3 +197,37 @@ def plot_mechanisms(curves: dict, table: list[dict[str, Any]], probes: tuple[str
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def plot_families(table: list[dict[str, Any]], chance: dict, path: Path) -> None:
+    """One row of panels per setting, one column per family (accuracy against shots k, against distance d):
+    a line per chosen step, coloured from early (light) to late (dark), the band the min..max over seeds.
+    ``table`` rows come from ``iclwl.family_report.family_table``."""
+    settings = list(dict.fromkeys(t["key"] for t in table))
+    families = list(dict.fromkeys(t["family"] for t in table))
+    fig, axes = plt.subplots(len(settings), len(families), figsize=(4.6 * len(families), 3.4 * len(settings)),
+                             squeeze=False)  # fmt: skip
+    for i, setting in enumerate(settings):
+        for j, family in enumerate(families):
+            ax = axes[i][j]
+            rows = [t for t in table if t["key"] == setting and t["family"] == family]
+            steps = list(dict.fromkeys(t["step"] for t in rows))
+            colors = plt.cm.viridis_r(np.linspace(0.25, 1.0, len(steps)))
+            for step, color in zip(steps, colors, strict=True):
+                line = [t for t in rows if t["step"] == step]
+                ks = [t["k"] for t in line]
+                ax.plot(ks, [t["mean"] for t in line], "o-", color=color, ms=3, lw=1.4, label=f"step {step}")
+                ax.fill_between(ks, [t["min"] for t in line], [t["max"] for t in line], color=color, alpha=0.12,
+                                lw=0)  # fmt: skip
+            ax.axhline(chance[setting], color="gray", lw=0.8, ls="--")
+            ax.set_xlabel("relevant items k" if family == "shots" else "distance d (pairs before the query)",
+                          fontsize=8)  # fmt: skip
+            ax.set_ylabel("accuracy", fontsize=8)
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{_setting_title(setting)}: {family}", fontsize=9)
+            if rows:
+                ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -29,7 +29,6 @@ import os
 import platform
 import subprocess
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -117,31 +116,6 @@ def provenance() -> dict[str, Any]:
 def setting_of(row: dict[str, Any], coords: list[str]) -> tuple:
     """The swept coordinates of a row, without the seed: rows with equal settings are seeds of one setting."""
     return tuple((c, row[c]) for c in coords if c != "seed")
-
-
-def summarise(rows: list[dict[str, Any]], coords: list[str]) -> list[dict[str, Any]]:
-    """Per setting and probe: final accuracy (mean, std over seeds), and the peak of the seed-mean curve."""
-    curves: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        if r["probe"] != "train":
-            curves[(setting_of(r, coords), r["probe"])][r["step"]].append(r["acc"])
-    table = []
-    for (setting, probe), by_step in curves.items():
-        steps = sorted(by_step)
-        mean = np.array([np.mean(by_step[s]) for s in steps])
-        final = np.array(by_step[steps[-1]])
-        table.append(
-            {
-                "setting": ", ".join(f"{k}={v}" for k, v in setting) or "-",
-                "probe": probe,
-                "final": float(final.mean()),
-                "final_std": float(final.std()),
-                "peak": float(mean.max()),
-                "peak_step": int(steps[int(mean.argmax())]),
-                "seeds": len(final),
-            }
-        )
-    return table
 
 
 def format_table(table: list[dict[str, Any]]) -> str:

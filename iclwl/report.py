@@ -9,7 +9,10 @@ setting (see ``iclwl.analysis``) and writes to ``--out`` (default ``<dir>/report
 - ``phase_<X>_<Y>.png``: final and peak accuracy of each probe over two coordinates (when two of them vary);
 - ``mechanisms.md``, ``mechanisms.png`` (when the runs logged them, ``probes.mechanisms``): per setting, the onset
   of ICL and of the induction and previous-token scores, final measures and prediction sources; the measures
-  against step on the axis of the ICL and IWL accuracies, the onsets marked (docs/mechanisms.md).
+  against step on the axis of the ICL and IWL accuracies, the onsets marked (docs/mechanisms.md);
+- ``families.md``, ``families.csv``, ``families.png`` (when the runs have the ``shots_k`` / ``distance_d`` probes,
+  ``probes.families``): accuracy against the number of relevant items and against their distance from the
+  query, at a few steps of training (``iclwl.family_report``).
 
 A path, probe or coordinate that is not there stops it with one line and exit code 2.
 """
@@ -34,8 +37,9 @@ from iclwl.analysis import (
     summarise,
     values_of,
 )
+from iclwl.family_report import family_table, format_families
 from iclwl.mechanism_report import format_mechanisms, mechanism_probes, mechanism_table
-from iclwl.plots import plot_mechanisms, plot_phase, plot_settings
+from iclwl.plots import plot_families, plot_mechanisms, plot_phase, plot_settings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -79,6 +83,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0.5,
         help="onset of the induction / previous-token score = first step its seed mean reaches this (default 0.5)",
+    )
+    p.add_argument(
+        "--family-steps",
+        type=int,
+        default=4,
+        help="steps at which accuracy against shots and distance is read, log-spaced, the last always (default 4)",
     )
     return p.parse_args(argv)
 
@@ -169,6 +179,7 @@ def report(
     groups: bool = False,
     mechanism_probe: str | None = None,
     measure_level: float = 0.5,
+    family_steps: int = 4,
 ) -> list[Path]:
     """Write the report of the runs under ``path``; returns the files written."""
     if drop_threshold < 0:
@@ -177,6 +188,8 @@ def report(
         raise ReportError(f"--onset-level = {onset_level}; expected an accuracy in [0, 1]")
     if not 0 <= measure_level <= 1:
         raise ReportError(f"--measure-level = {measure_level}; expected an attention share in [0, 1]")
+    if family_steps < 1:
+        raise ReportError(f"--family-steps = {family_steps}; expected a number of steps >= 1")
     sweep = combine(find_runs(path))
     chosen = choose_probes(sweep, probes)
     axes = choose_axes(sweep, heatmap)
@@ -202,6 +215,16 @@ def report(
         written += [out / "mechanisms.md", out / "mechanisms.png"]
         written[-2].write_text(format_mechanisms(mech_table, mechanisms, level_text, measure_level))
         plot_mechanisms(mech_curves, mech_table, mechanisms, sweep.chance, written[-1])
+    families = family_table(sweep, family_steps)
+    if families:
+        written += [out / "families.md", out / "families.csv", out / "families.png"]
+        written[-3].write_text(format_families(families))
+        with written[-2].open("w", newline="") as f:
+            writer = csv.DictWriter(f, [*sweep.coords, "family", "step", "k", "mean", "min", "max", "seeds"],
+                                    extrasaction="ignore")  # fmt: skip
+            writer.writeheader()
+            writer.writerows(families)
+        plot_families(families, sweep.chance, written[-1])
     return written
 
 
@@ -210,14 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = report(
             args.path, args.out, args.probes, args.heatmap, args.drop_threshold, args.onset_level, args.groups,
-            args.mechanism_probe, args.measure_level,
+            args.mechanism_probe, args.measure_level, args.family_steps,
         )  # fmt: skip
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(written[0].read_text())
-    if written[-2].name == "mechanisms.md":
-        print(written[-2].read_text())
+    for extra in ("mechanisms.md", "families.md"):
+        if any(p.name == extra for p in written):
+            print(next(p for p in written if p.name == extra).read_text())
     print("wrote: " + ", ".join(str(p) for p in written))
     return 0
 

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_gen import ConfigError, TaskStatic, make_universe, static_part
+from iclwl import analysis
 from iclwl.checkpoints import CheckpointError, Checkpoints, checkpoint_steps, resume_conflicts
 from iclwl.config import Config, member_tasks, members
 from iclwl.groups import fit_groups
@@ -28,7 +29,7 @@ from iclwl.mechanisms import SOURCES, headline, per_head
 from iclwl.plots import plot_run
 from iclwl.preemption import Preempted, StopRequests
 from iclwl.probing import ProbeMetrics, probe_list
-from iclwl.records import MetricsFile, format_table, provenance, read_metrics, summarise, truncate_metrics, write_config
+from iclwl.records import MetricsFile, format_table, provenance, read_metrics, truncate_metrics, write_config
 from iclwl.training import Health, Meter, Program, compiled, member_inputs
 from iclwl.wandb_sink import WandbSink, require_wandb
 
@@ -226,7 +227,8 @@ def _postfix(meter: Meter, probes: ProbeMetrics, names: list[str]) -> dict[str, 
 def _finish(cfg: Config, out_dir: Path, coords: list[dict[str, Any]], st: TaskStatic) -> list[dict[str, Any]]:
     rows = read_metrics(out_dir / "metrics.jsonl")
     keys = list(coords[0])
-    table = summarise(rows, keys)
+    sweep = analysis.of_run(rows, keys, st.n_labels)
+    table = analysis.summarise(sweep, analysis.probes_of(sweep), drop_threshold=0.1, level=None)
     text = format_table(table)
     (out_dir / "summary.md").write_text(text + "\n")
     print(text)

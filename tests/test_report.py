@@ -104,6 +104,33 @@ def test_thresholds_and_groups(tmp_path):
     assert {p for _, p in table} == {"icl_novel", "icl_novel:rare", "icl_novel:common"}
 
 
+def test_accuracy_against_shots_and_distance(tmp_path):
+    # seed 0 / seed 1 accuracies at steps 0, 10, 100, 1000 of each family probe (one setting, p_bursty = 1)
+    families = {
+        "shots_0": {0: [0.25, 0.25, 0.25, 0.25], 1: [0.25, 0.25, 0.25, 0.25]},
+        "shots_1": {0: [0.25, 0.25, 0.5, 0.75], 1: [0.25, 0.5, 0.5, 1.0]},
+        "shots_2": {0: [0.25, 0.5, 1.0, 1.0], 1: [0.25, 0.25, 0.75, 1.0]},
+        "distance_1": {0: [0.25, 0.5, 1.0, 1.0], 1: [0.25, 0.5, 1.0, 1.0]},
+        "distance_2": {0: [0.25, 0.25, 0.5, 0.5], 1: [0.25, 0.25, 0.25, 0.75]},
+    }
+    run_dir = write_run(tmp_path / "run", {1.0: {**CURVES[1.0], **families}})
+    assert main([str(run_dir), "--family-steps", "3"]) == 0
+    table = by_key(read_csv(run_dir / "report" / "families.csv"), "family", "step", "k")
+    # log-spaced over the positive steps 10..1000: 10, 100, 1000 (step 0 is before any training)
+    assert {(f, s) for f, s, _ in table} == {(f, s) for f in ("shots", "distance") for s in ("10", "100", "1000")}
+    assert [table[("shots", "1000", k)]["mean"] for k in ("0", "1", "2")] == ["0.25", "0.875", "1.0"]
+    assert (table[("shots", "10", "1")]["min"], table[("shots", "10", "1")]["max"]) == ("0.25", "0.5")
+    assert [table[("distance", "100", d)]["mean"] for d in ("1", "2")] == ["1.0", "0.375"]
+    assert table[("distance", "1000", "2")]["seeds"] == "2"
+    text = (run_dir / "report" / "families.md").read_text()
+    assert "| k=0 | k=1 | k=2 |" in text and "| p_bursty=1.0 | 1000 | 0.250 | 0.875 | 1.000 |" in text
+    assert "| d=1 | d=2 |" in text and "| p_bursty=1.0 | 100 | 1.000 | 0.375 |" in text
+    assert (run_dir / "report" / "families.png").stat().st_size > 0
+    # runs without the families write none of these files
+    plain = write_run(tmp_path / "plain", CURVES)
+    assert main([str(plain)]) == 0 and not (plain / "report" / "families.md").exists()
+
+
 def test_cut_off_last_line_is_ignored(tmp_path):
     run_dir = write_run(tmp_path / "run", CURVES)
     with (run_dir / "metrics.jsonl").open("a") as f:
@@ -160,6 +187,7 @@ def test_errors_name_the_value_and_what_was_expected(tmp_path, capsys):
     err = errors([str(run_dir), "--heatmap", "p_bursty", "K"], capsys)
     assert "'K' is not a coordinate" in err and "expected one of: p_bursty" in err
     assert "expected an accuracy in [0, 1]" in errors([str(run_dir), "--onset-level", "2"], capsys)
+    assert "--family-steps = 0; expected" in errors([str(run_dir), "--family-steps", "0"], capsys)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "metrics.jsonl").write_text("")
     (tmp_path / "broken" / "config.json").write_text("{}")
@@ -214,7 +242,7 @@ def test_report_of_a_real_training_matches_its_metrics(tmp_path):
         assert float(t["peak"]) == max(mean) and int(t["peak_step"]) == steps[int(np.argmax(mean))]
         assert float(t["drop"]) == max(mean) - mean[-1]
         assert t["onset_step"] == ("" if onset is None else str(onset)) and t["seeds"] == "2"
-        # and with the run's own summary.md numbers (iclwl.records.summarise)
+        # and with the run's own summary.md numbers (run.py summarises through iclwl.analysis too)
         (same,) = [s for s in run_summary if s["setting"] == f"p_bursty={p_bursty}" and s["probe"] == probe]
         assert (same["final"], same["peak"], same["peak_step"]) == (float(t["final"]), float(t["peak"]),
                                                                     int(t["peak_step"]))  # fmt: skip

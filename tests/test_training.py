@@ -47,16 +47,25 @@ def test_streams_differ():
     assert not np.array_equal(data[0], data[2])
 
 
-def test_member_of_ensemble_equals_single_run():
-    cfg = tiny()
-    ens_state, ens_out, ens_probes = train(cfg, [3, 5, 7, 11], 30)
-    one_state, one_out, one_probes = train(cfg, [7], 30)
-    member = jax.tree.map(lambda a: a[2], ens_state.params)
+def assert_member_is_single_run(cfg: Config, seeds: list[int], m: int, steps: int = 30):
+    """Member ``m`` of an ensemble with ``seeds`` ends with the params, losses and probe results (and measures)
+    of a run of that seed alone; its neighbour, with another seed, does not."""
+    ens_state, ens_out, ens_probes = train(cfg, seeds, steps)
+    one_state, one_out, one_probes = train(cfg, [seeds[m]], steps)
+    member = jax.tree.map(lambda a: a[m], ens_state.params)
     single = jax.tree.map(lambda a: a[0], one_state.params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), member, single)
-    np.testing.assert_allclose(ens_out.loss[:, 2], one_out.loss[:, 0], rtol=1e-5)
-    np.testing.assert_allclose(ens_probes.acc[2], one_probes.acc[0])
-    assert not np.allclose(ens_out.loss[:, 0], ens_out.loss[:, 2]), "members with other seeds must differ"
+    np.testing.assert_allclose(ens_out.loss[:, m], one_out.loss[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(ens_probes.acc[m], one_probes.acc[0])
+    assert ens_probes.measures.keys() == one_probes.measures.keys()
+    for name, values in ens_probes.measures.items():
+        np.testing.assert_allclose(values[m], one_probes.measures[name][0], rtol=1e-5, atol=1e-6)
+    other = (m + 1) % len(seeds)
+    assert not np.allclose(ens_out.loss[:, other], ens_out.loss[:, m]), "members with other seeds must differ"
+
+
+def test_member_of_ensemble_equals_single_run():
+    assert_member_is_single_run(tiny(), [3, 5, 7, 11], m=2)
 
 
 def test_same_seed_same_run():
