@@ -101,12 +101,11 @@ def image_task(**changes):
 
 
 @needs_data
-def test_batches_gather_the_drawings_they_name_on_the_device(tmp_path, monkeypatch):
+def test_batches_gather_the_drawings_they_name_on_the_device(image_cache):
     import jax
 
     import data_gen as dg
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     st = dg.static_part(image_task())
     uni = dg.make_universe(st)
     assert uni.images.shape == (100, 20, 196) and float(uni.images.max()) <= 1.0
@@ -278,3 +277,19 @@ def test_exemplar_splits_and_augmentation_are_checked():
             dg.validate(dg.TaskSpec(**change))
         assert e.value.field == field and rule in e.value.rule, (change, str(e.value))
     dg.validate(dataclasses.replace(image_task(), probe_exemplars=19, augment="both"))  # 80 training classes
+
+
+@needs_data
+@pytest.mark.slow
+def test_the_cpu_preset_trains_on_the_images(tmp_path, image_cache):
+    from test_presets import composed
+
+    from iclwl.config import from_dict, members
+    from iclwl.run import run
+
+    data = composed("chan2022_omniglot_cpu", f"task.image_path={DATA}", "train.steps=5", "train.chunk_steps=5",
+                    "probes.n_eval=16", "probes.n_log=1", "checkpoint.enabled=false", "logging.plot=false",
+                    "logging.progress=false", given=False)  # fmt: skip
+    cfg = from_dict(data)
+    table = run(cfg, tmp_path)
+    assert len(table) == 5 * len(members(cfg)) == 10  # a row per member and probe
