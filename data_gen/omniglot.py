@@ -4,11 +4,17 @@ The official release ships zips (``images_background.zip``, ``images_evaluation.
 sets) whose members are ``images_<set>/<alphabet>/<character>/<id>_<drawer>.png``: 105 x 105 one-bit images,
 20 drawers per character. ``load_omniglot`` accepts a directory holding such zips, or the unpacked tree, or one
 zip. Every character becomes a class; its drawings, in drawer order, its exemplars. Classes are ordered by
-(set, alphabet, character), so class i is the same character on every machine.
+(set, alphabet, character), so class i is the same character on every machine. A character is named by its
+alphabet and number: the small background sets overlap (``images_background_small1`` and ``_small2`` share 50
+characters, the same drawings), so a character found in several sets is kept once, from the first set; otherwise
+a holdout character could be a training character under another set's name.
 
 Decoding 30k PNGs takes a while, so the result is cached as an ``.npz`` keyed by the source files and the image
 size: beside the data when that directory is writable, else under ``$XDG_CACHE_HOME/iclwl`` (``~/.cache/iclwl``).
 Strokes are bright (255) on a dark background (0), so a downsampled stroke keeps its mass as grey levels.
+
+``transformed`` turns every character into several classes (rotations and mirror images, Chan et al. 2022); the
+universe applies it once, with numpy, when it builds the image array.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ import numpy as np
 from PIL import Image
 
 from data_gen.errors import ConfigError
+from data_gen.spec import Augment, transforms
 
-CACHE_VERSION = 1  # bump when the decoding changes, so old caches are not reused
+CACHE_VERSION = 2  # bump when the decoding changes, so old caches are not reused
 PNG = re.compile(r"(?:^|/)(images_[^/]+)/([^/]+)/([^/]+)/([^/]+\.png)$")  # set, alphabet, character, file
 
 
@@ -69,6 +76,14 @@ def load_omniglot(path: str | Path, size: int = 28, cache_dir: str | Path | None
     return images
 
 
+def transformed(images: np.ndarray, augment: Augment) -> np.ndarray:
+    """(C, E, S, S) drawings -> (C, T, E, S, S): every drawing under each of the T transforms of ``augment``
+    (``spec.transforms``: mirrored left-right first when asked, then turned by quarter turns anticlockwise)."""
+    out = [np.rot90(np.flip(images, -1) if mirror else images, turns, axes=(-2, -1))
+           for mirror, turns in transforms(augment)]  # fmt: skip
+    return np.stack(out, axis=1)
+
+
 def _sources(path: Path) -> list[Path]:
     """The zips, or the PNG files of the unpacked tree, that make up the set."""
     if path.is_file():
@@ -100,7 +115,10 @@ def _decode(path: Path, size: int, field: str) -> ImageSet:
     if len(counts) != 1:
         raise ConfigError(field, str(path), f"characters have different numbers of drawings ({sorted(counts)}); "
                           "every character needs the same number (Omniglot has 20)")  # fmt: skip
-    keys = sorted(drawings)
+    first: dict[tuple[str, str], tuple[str, str, str]] = {}
+    for k in sorted(drawings):  # one copy of a character that several sets hold
+        first.setdefault(k[1:], k)
+    keys = sorted(first.values())
     images = np.stack([np.stack([drawings[k][f] for f in sorted(drawings[k])]) for k in keys])
     return ImageSet(images.astype(np.uint8), tuple("/".join(k) for k in keys))
 

@@ -17,7 +17,8 @@ distance_d     training classes, one relevant item, d pairs before the query (d 
 ============== ===================================================================================== ============
 
 "Relevant context" follows the task: the burst form with p_bursty = 1 or, for tasks with p_relevant set,
-p_relevant = 1 with the task's L_relevant rule.
+p_relevant = 1 with the task's L_relevant rule. When the task reserves exemplars for the probes
+(``probe_exemplars`` > 0), every probe on training classes shows only those: unseen exemplars of trained classes.
 """
 
 from __future__ import annotations
@@ -53,7 +54,11 @@ def _exact(st: TaskStatic, p: TaskParams, k: int, **static) -> tuple[TaskStatic,
 
 def probe_task(name: str, st: TaskStatic, p: TaskParams) -> tuple[Draw, TaskStatic, TaskParams]:
     """The draw, static part and parameters of probe ``name``."""
-    p = without_training_noise(p)
+    draw, st, p = _probe_task(name, st, without_training_noise(p))
+    return dataclasses.replace(draw, exemplars="probe"), st, p
+
+
+def _probe_task(name: str, st: TaskStatic, p: TaskParams) -> tuple[Draw, TaskStatic, TaskParams]:
     if name == "in_dist":
         return Draw(), st, p
     if name == "icl_novel":

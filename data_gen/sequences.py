@@ -11,7 +11,8 @@ One sequence is built in five steps, all pure JAX (it runs inside ``jit`` and ``
      (1..L uniformly when L_relevant is unset) and other classes fill the rest, i.i.d.; else no slot is
      relevant. When p_relevant is unset: all L slots i.i.d. from the class frequencies;
 3. placement: a random order, or the query's items at given distances from the query (``placement='distance'``);
-4. items: prototype plus noise (Reddy's eps or additive sigma) or one of E fixed exemplars;
+4. items: prototype plus noise (Reddy's eps or additive sigma) or one of E fixed exemplars (training's share
+   of them, or the probes', when the task reserves some for the probes);
 5. labels: the fixed map, a per-sequence random labelling, polysemy, label noise; probes may flip them.
 
 With probability p_novel a training sequence is built from fresh classes (new prototypes, random labels).
@@ -62,12 +63,16 @@ class Draw:
     labels: 'task' uses the task's label map; 'random' relabels each sequence; 'flip' shifts every label by one.
     exclude_query_label: no context item carries the query's label (its class is then absent too).
     ciwl: one context item (of another class) carries the query's true label.
+    exemplars: which share of each class's fixed exemplars items show when the task splits them
+      (``probe_exemplars`` > 0): 'train' the first exemplars - probe_exemplars, 'probe' the last probe_exemplars.
+      Holdout classes, never trained on, show all of theirs either way.
     """
 
     pool: Literal["train", "holdout"] = "train"
     labels: Literal["task", "random", "flip"] = "task"
     exclude_query_label: bool = False
     ciwl: bool = False
+    exemplars: Literal["train", "probe"] = "train"
 
 
 TRAIN = Draw()
@@ -217,6 +222,14 @@ def _place(st: TaskStatic, p: TaskParams, canon: jax.Array, n_rel: jax.Array, u:
     return canon[rank]
 
 
+def _exemplar_range(st: TaskStatic, draw: Draw) -> tuple[int, int]:
+    """The exemplar indices [low, high) this draw's items use (see ``Draw.exemplars``)."""
+    split = st.exemplars - st.probe_exemplars
+    if draw.pool == "holdout" or st.probe_exemplars == 0:
+        return 0, st.exemplars
+    return (split, st.exemplars) if draw.exemplars == "probe" else (0, split)
+
+
 def _local_ids(classes: jax.Array) -> jax.Array:
     """Index of each slot's class among the distinct classes of the sequence, in order of first appearance."""
     same = classes[:, None] == classes[None, :]
@@ -238,12 +251,12 @@ def sample_sequence(st: TaskStatic, draw: Draw, uni: Universe, p: TaskParams, ke
     novel = (draw.pool == "train") & st.novel & (u["novel"] < p.p_novel)
 
     # items
+    e = _int(u["exemplar"], *_exemplar_range(st, draw))  # (L+1,) which fixed exemplar, when there are some
     if st.items == "omniglot":  # a drawing of the class, plus pixel noise when asked
-        drawing = uni.images[classes, _int(u["exemplar"], 0, st.exemplars)]  # (L+1, D)
+        drawing = uni.images[classes, e]  # (L+1, D)
         noise = jax.random.normal(k_noise, drawing.shape) if st.noise == "additive" else 0.0
         items = drawing + p.noise_scale * noise
     elif st.exemplars > 0:
-        e = _int(u["exemplar"], 0, st.exemplars)
         eta = uni.exemplar_noise[classes, e]
         if st.novel:  # fresh classes get fresh exemplars
             fresh = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k_noise, i), (st.D,)))

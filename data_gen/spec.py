@@ -25,6 +25,7 @@ from data_gen.errors import ConfigError
 Prototype = Literal["gaussian", "unit"]
 Noise = Literal["reddy", "additive", "none"]
 Items = Literal["gaussian", "omniglot"]
+Augment = Literal["none", "rotations", "flips", "both"]
 LabelMap = Literal["identity", "modulo", "random"]
 BurstForm = Literal["reddy", "chan2022"]
 Frequency = Literal["zipf", "two_group"]
@@ -45,9 +46,16 @@ class TaskSpec:
       prototype: 'gaussian' (mu ~ N(0, I/D), Reddy 2023) or 'unit' (unit-norm mu, Chan 2024).
       noise: 'reddy' (x = (mu + eps * eta) / sqrt(1 + eps^2), eta ~ N(0, I/D)) or 'additive' (x = mu + sigma * N(0, I)).
       exemplars: 0 draws fresh noise for every item; E >= 1 fixes E exemplars per class (1 = "single").
+      probe_exemplars: 0 lets training and probes share every exemplar; P >= 1 reserves the last P exemplars of
+        each class for the probes and trains on the first E - P only, so the probes on training classes ask for
+        unseen exemplars of known classes (holdout classes, never trained, use all E either way).
       items: 'gaussian' (prototype + noise) or 'omniglot' (a class is a handwritten character, its exemplars
         are drawings, read from ``image_path`` at ``image_size`` pixels; D = image_size^2; noise 'none' or
         'additive' pixel noise; data_gen/omniglot.py).
+      augment: image items only: every character also gives its transforms as new classes of their own (Chan
+        2022): 'rotations' (4: 0, 90, 180, 270 degrees), 'flips' (2: as drawn and mirrored), 'both' (8: the
+        rotations of both) or 'none'. The holdout split is by character, so no transform of a holdout
+        character is ever trained on.
       label_map: 'identity' (class k -> label k), 'modulo' (k -> k mod n_labels), 'random' (a fresh random
         labelling in every sequence, which only ICL can solve).
       polysemy: labels per class; each occurrence shows one of them, drawn at random (Chan 2022).
@@ -73,9 +81,11 @@ class TaskSpec:
     prototype: Prototype = "gaussian"
     noise: Noise = "reddy"
     exemplars: int = 0
+    probe_exemplars: int = 0
     items: Items = "gaussian"
     image_path: str | None = None
     image_size: int = 28
+    augment: Augment = "none"
     label_map: LabelMap = "modulo"
     polysemy: int = 1
     burst_form: BurstForm = "reddy"
@@ -128,9 +138,11 @@ class TaskStatic:
     prototype: Prototype
     noise: Noise
     exemplars: int
+    probe_exemplars: int
     items: Items
     image_path: str | None
     image_size: int
+    augment: Augment
     label_map: LabelMap
     polysemy: int
     burst_form: BurstForm
@@ -194,6 +206,13 @@ def dynamic_part(spec: TaskSpec) -> TaskParams:
     )
 
 
+def transforms(augment: Augment) -> tuple[tuple[bool, int], ...]:
+    """The classes one character gives under ``augment``, as (mirrored, quarter turns), the drawing itself first."""
+    mirrors = (False, True) if augment in ("flips", "both") else (False,)
+    turns = range(4) if augment in ("rotations", "both") else range(1)
+    return tuple((m, k) for m in mirrors for k in turns)
+
+
 # ----------------------------------------------------------------------------------------------- validation
 
 
@@ -243,6 +262,7 @@ def validate(spec: TaskSpec) -> TaskSpec:
     _check_type(spec)
     s, K = spec, spec.max_classes if spec.K is None else spec.K
     probe_classes, needed = icl_probe_classes(s), _classes_needed(s)
+    per_char = len(transforms(s.augment))
     prob = "a probability must lie in [0, 1]"
     rules: list[tuple[bool, str, str]] = [
         (s.seed >= 0, "seed", "must be >= 0"),
@@ -282,11 +302,21 @@ def validate(spec: TaskSpec) -> TaskSpec:
         (s.label_map != "random" or s.polysemy == 1, "polysemy", "polysemy needs a fixed label map (identity, modulo)"),
         (s.label_map != "random" or s.n_labels >= s.L + 1, "n_labels",
          f"random labelling gives each class of a sequence its own label: needs L + 1 = {s.L + 1}"),
-        (s.items == "gaussian" or s.image_path is not None, "image_path", "image items need the data's path"),
+        (s.probe_exemplars >= 0, "probe_exemplars", "must be >= 0 (0 = training and probes share every exemplar)"),
+        (s.probe_exemplars == 0 or s.exemplars >= 1, "probe_exemplars", "splits a finite set of exemplars: needs "
+         "exemplars >= 2 (with exemplars = 0 every item is fresh noise, unseen already)"),
+        (s.probe_exemplars == 0 or s.probe_exemplars < s.exemplars, "probe_exemplars",
+         f"must be below exemplars ({s.exemplars}): training keeps at least one exemplar a class"),
+        (s.items == "gaussian" or s.image_path is not None, "image_path", "image items need the data's path: pass "
+         "task.image_path=/path/to/omniglot (a directory with Omniglot's images_*.zip files, or their unpacked tree)"),
         (s.items == "gaussian" or s.D == s.image_size**2, "D", f"image items: D = image_size^2 = {s.image_size**2}"),
         (s.items == "gaussian" or s.exemplars >= 1, "exemplars", "image items need >= 1 drawings per character"),
         (s.items == "gaussian" or s.noise != "reddy", "noise", "image items take 'none' or 'additive' pixel noise"),
         (s.items == "gaussian" or s.p_novel == 0, "p_novel", "image items have no fresh classes to draw"),
+        (s.items == "omniglot" or s.augment == "none", "augment", "transforms of drawings need image items"),
+        (s.max_classes % per_char == 0, "n_holdout", f"with augment={s.augment} a character gives {per_char} "
+         f"classes; n_classes - n_holdout = {s.max_classes} must be a multiple of {per_char}, so that no character "
+         "has classes both in training and in the holdout set"),
     ]  # fmt: skip
     for ok, name, rule in rules:
         if not ok:

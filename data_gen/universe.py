@@ -4,7 +4,8 @@ Class ids ``0 .. n_classes - n_holdout - 1`` are training classes and the last `
 the ICL probes. Class ``c``'s prototype is drawn from ``fold_in(key, c)``, so it never moves when other settings
 (burstiness, Zipf alpha, p_relevant, even the number of classes) change. Training classes are visited through a
 fixed random ranking ``order``: rank 0 is the most frequent class under Zipf, and ``K`` active classes are the
-first ``K`` ranks.
+first ``K`` ranks. A class's fixed exemplars (Gaussian noise draws or drawings) are all stored; with
+``probe_exemplars = P`` the first E - P are training's and the last P the probes' (``sequences`` picks).
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_gen.errors import ConfigError
-from data_gen.omniglot import load_omniglot
-from data_gen.spec import TaskParams, TaskStatic
+from data_gen.omniglot import load_omniglot, transformed
+from data_gen.spec import TaskParams, TaskStatic, transforms
 
 _PROTO, _EXEMPLAR, _ORDER, _DATASET, _CHARACTERS = range(5)  # sub-streams of the task key
 
 
 class Universe(NamedTuple):
-    prototypes: jax.Array  # (n_classes, D); for image items the mean drawing of the class
+    prototypes: jax.Array  # (n_classes, D); for image items the mean of the class's training drawings
     exemplar_noise: jax.Array  # (n_classes, E, D) standard normal; E = 0 when items get fresh noise or are images
     images: jax.Array  # (n_classes, E, D) drawings in [0, 1] for image items; (n_classes, 0, D) otherwise
     order: jax.Array  # (max_classes,) int32: rank -> training class id
@@ -41,16 +42,24 @@ def draw_prototypes(st: TaskStatic, key: jax.Array, ids: jax.Array) -> jax.Array
 
 
 def character_images(st: TaskStatic) -> jax.Array:
-    """Image items: class c is character ``perm[c]`` of the data, a permutation from the task's key, so the
-    holdout characters (the last classes) are a random but fixed subset. (n_classes, exemplars, D) in [0, 1]."""
+    """Image items: (n_classes, exemplars, D) drawings in [0, 1].
+
+    Characters are visited in the order of a permutation ``perm`` from the task's key; with T transforms a
+    character (``augment``), class c is transform c mod T of character ``perm[c // T]``. The holdout classes (the
+    last ones) are therefore whole characters, a random but fixed subset, and validation keeps the training/holdout
+    boundary on a character boundary, so no transform of a holdout character is ever trained on.
+    """
     chars = load_omniglot(st.image_path, st.image_size)
     C, E = chars.images.shape[:2]
-    if st.n_classes > C:
-        raise ConfigError("task.n_classes", st.n_classes, f"the images at {st.image_path} hold {C} characters")
+    T = len(transforms(st.augment))
+    if st.n_classes > C * T:
+        per = f" x {T} transforms = {C * T} classes" if T > 1 else ""
+        raise ConfigError("task.n_classes", st.n_classes, f"the images at {st.image_path} hold {C} characters{per}")
     if st.exemplars > E:
         raise ConfigError("task.exemplars", st.exemplars, f"the characters at {st.image_path} have {E} drawings")
     perm = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(st.seed), _CHARACTERS), C))
-    pixels = chars.images[perm[: st.n_classes], : st.exemplars].reshape(st.n_classes, st.exemplars, st.D)
+    drawings = chars.images[perm[: -(-st.n_classes // T)], : st.exemplars]  # (chars used, E, side, side)
+    pixels = transformed(drawings, st.augment).reshape(-1, st.exemplars, st.D)[: st.n_classes]
     return jnp.asarray(pixels.astype(np.float32) / np.float32(255))
 
 
@@ -58,7 +67,10 @@ def make_universe(st: TaskStatic) -> Universe:
     key = jax.random.key(st.seed)
     ids = jnp.arange(st.n_classes)
     images = character_images(st) if st.items == "omniglot" else jnp.zeros((st.n_classes, 0, st.D), jnp.float32)
-    protos = images.mean(1) if st.items == "omniglot" else draw_prototypes(st, jax.random.fold_in(key, _PROTO), ids)
+    if st.items == "omniglot":  # what training shows of a class: the mean of its training drawings
+        protos = images[:, : st.exemplars - st.probe_exemplars].mean(1)
+    else:
+        protos = draw_prototypes(st, jax.random.fold_in(key, _PROTO), ids)
     noise = jax.vmap(
         lambda i: jax.random.normal(
             jax.random.fold_in(jax.random.fold_in(key, _EXEMPLAR), i),

@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from data_gen import ConfigError
 from iclwl.config import from_dict, members, schema_dict
 from iclwl.run import run
 
@@ -32,6 +33,14 @@ MEMBERS = {
     "chan2022_bursty_debug": 2,
     "chan2022_zipf": 15,
     "chan2022_exemplars": 3,
+    "chan2022_omniglot": 6,
+    "chan2022_omniglot_cpu": 2,
+}
+# settings a preset cannot hold and its user must give: where the data is. Composing and validating never reads it,
+# so a placeholder checks the preset on machines without the data
+USER_GIVEN = {
+    "chan2022_omniglot": ["task.image_path=/path/to/omniglot"],
+    "chan2022_omniglot_cpu": ["task.image_path=/path/to/omniglot"],
 }
 # the multirun commands the headers recommend, one job per value: (preset, overrides, members a job)
 MULTIRUN = [
@@ -43,6 +52,8 @@ MULTIRUN = [
                             "task.n_labels=17"], 25),
 ] + [
     ("chan2022_exemplars", [f"task.exemplars={e}"], 3) for e in (0, 1, 20)
+] + [
+    ("chan2022_omniglot", [f"task.probe_exemplars={p}"], 6) for p in (0, 5)
 ]  # fmt: skip
 # one debug preset a paper; each run is compile-bound (as long as the smallest run in test_training.py), so only the
 # first runs by default and the others with --runslow
@@ -57,9 +68,11 @@ def presets() -> list[str]:
     return sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
-def composed(experiment: str, *overrides: str) -> dict:
+def composed(experiment: str, *overrides: str, given: bool = True) -> dict:
+    """The preset with ``overrides``, and (``given``) the settings its user must give."""
+    extra = USER_GIVEN.get(experiment, []) if given else []
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}", *extra, *overrides])
     data = OmegaConf.to_container(cfg, resolve=True)
     data.pop("hydra", None)
     return data
@@ -75,6 +88,13 @@ def test_preset_composes_with_its_member_count(experiment):
     assert cfg.name == experiment
     assert len(members(cfg)) == MEMBERS[experiment]
     assert (CONF / "experiment" / f"{experiment}.yaml").read_text().startswith("# @package _global_\n#")
+
+
+@pytest.mark.parametrize("experiment", sorted(USER_GIVEN))
+def test_a_preset_without_the_data_path_says_which_setting_to_give(experiment):
+    with pytest.raises(ConfigError) as e:
+        from_dict(composed(experiment, given=False))
+    assert e.value.field == "task.image_path" and "pass task.image_path=" in e.value.rule
 
 
 @pytest.mark.parametrize("experiment,overrides,count", MULTIRUN, ids=lambda x: str(x))
