@@ -28,6 +28,7 @@ MEMBERS = {
     "chan2024_prelevant_cpu": 8,
     "chan2024_phigh_cpu": 6,
     "chan2024_lrelevant_cpu": 6,
+    "singh2023_transient_cpu": 4,
     "reddy2023_bk": 15,
     "reddy2023_bk_debug": 2,
     "reddy2023_eps": 30,
