@@ -25,6 +25,11 @@ MEMBERS = {
     "chan2024_prelevant_debug": 2,
     "chan2024_lrelevant": 100,
     "chan2024_phigh": 100,
+    "chan2024_n_cpu": 9,
+    "chan2024_prelevant_cpu": 8,
+    "chan2024_phigh_cpu": 6,
+    "chan2024_lrelevant_cpu": 6,
+    "singh2023_transient_cpu": 4,
     "reddy2023_bk": 15,
     "reddy2023_bk_debug": 2,
     "reddy2023_eps": 30,
@@ -50,6 +55,8 @@ MULTIRUN = [
 ] + [
     ("chan2024_lrelevant", ["task.L=16", "sweep.L_relevant=[1]", "task.n_holdout=17", "task.n_classes=27",
                             "task.n_labels=17"], 25),
+] + [
+    ("chan2024_lrelevant_cpu", [f"task.L={n}", "sweep.L_relevant=[1]"], 2) for n in (1, 2, 4, 8)
 ] + [
     ("chan2022_exemplars", [f"task.exemplars={e}"], 3) for e in (0, 1, 20)
 ] + [
