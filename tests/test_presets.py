@@ -32,6 +32,8 @@ MEMBERS = {
     "chan2022_bursty_debug": 2,
     "chan2022_zipf": 15,
     "chan2022_exemplars": 3,
+    "reddy2023_bk_cpu": 2,
+    "reddy2023_bursty_cpu": 2,
 }
 # the multirun commands the headers recommend, one job per value: (preset, overrides, members a job)
 MULTIRUN = [
@@ -43,6 +45,8 @@ MULTIRUN = [
                             "task.n_labels=17"], 25),
 ] + [
     ("chan2022_exemplars", [f"task.exemplars={e}"], 3) for e in (0, 1, 20)
+] + [
+    ("reddy2023_bk_cpu", [f"task.B={b}"], 2) for b in (1, 2, 4)
 ]  # fmt: skip
 # one debug preset a paper; each run is compile-bound (as long as the smallest run in test_training.py), so only the
 # first runs by default and the others with --runslow
