@@ -32,6 +32,9 @@ MEMBERS = {
     "chan2022_bursty_debug": 2,
     "chan2022_zipf": 15,
     "chan2022_exemplars": 3,
+    "chan2022_bursty_cpu": 3,
+    "chan2022_zipf_cpu": 3,
+    "chan2022_exemplars_cpu": 1,
     "reddy2023_bk_cpu": 2,
     "reddy2023_bursty_cpu": 2,
 }
@@ -47,6 +50,8 @@ MULTIRUN = [
     ("chan2022_exemplars", [f"task.exemplars={e}"], 3) for e in (0, 1, 20)
 ] + [
     ("reddy2023_bk_cpu", [f"task.B={b}"], 2) for b in (1, 2, 4)
+] + [
+    ("chan2022_exemplars_cpu", [f"task.exemplars={e}"], 1) for e in (1, 20)
 ]  # fmt: skip
 # one debug preset a paper; each run is compile-bound (as long as the smallest run in test_training.py), so only the
 # first runs by default and the others with --runslow

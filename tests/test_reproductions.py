@@ -63,6 +63,38 @@ def peak(rows: list[dict[str, Any]], probe: str, **coords: Any) -> float:
     return float(curve(rows, probe, **coords)[1].max())
 
 
+# ------------------------------------------------------------------------------------- 1. Chan et al. 2022
+
+
+def test_chan2022_bursty_sequences_give_icl_iid_sequences_give_iwl(tmp_path):
+    rows = train(tmp_path, "chan2022_bursty_cpu")
+    # ICL appears only when training sequences are bursty ...
+    assert peak(rows, "icl_novel", p_bursty=0.9) > peak(rows, "icl_novel", p_bursty=0.0) + 0.4
+    assert final(rows, "icl_novel", p_bursty=1.0) > final(rows, "icl_novel", p_bursty=0.0) + 0.6
+    assert final(rows, "icl_novel", p_bursty=0.9) > final(rows, "icl_novel", p_bursty=0.0) + 0.1
+    # ... and without bursts the model memorises the classes instead
+    assert final(rows, "iwl_no_support", p_bursty=0.0) > final(rows, "iwl_no_support", p_bursty=0.9) + 0.3
+    assert final(rows, "iwl_no_support", p_bursty=0.0) > final(rows, "iwl_no_support", p_bursty=1.0) + 0.6
+
+
+def test_chan2022_zipf_icl_falls_iwl_rises_with_alpha_both_near_1(tmp_path):
+    rows = train(tmp_path, "chan2022_zipf_cpu")
+    assert final(rows, "icl_novel", alpha=0.0) > final(rows, "icl_novel", alpha=2.0) + 0.1
+    assert peak(rows, "icl_novel", alpha=0.0) > peak(rows, "icl_novel", alpha=2.0) + 0.4
+    assert final(rows, "iwl_no_support", alpha=2.0) > final(rows, "iwl_no_support", alpha=0.0) + 0.3
+    # alpha = 1: both at once, ICL on novel classes well above chance (1/1600) and IWL on the common classes
+    assert final(rows, "icl_novel", alpha=1.0) > 0.1
+    assert final(rows, "iwl_no_support", "acc_common", alpha=1.0) > 0.8
+
+
+def test_chan2022_many_exemplars_give_more_icl_than_one(tmp_path):
+    one = train(tmp_path / "1", "chan2022_exemplars_cpu", "task.exemplars=1")
+    many = train(tmp_path / "20", "chan2022_exemplars_cpu", "task.exemplars=20")
+    assert peak(many, "icl_novel") > peak(one, "icl_novel") + 0.4
+    assert final(many, "icl_novel") > final(one, "icl_novel") + 0.1
+    assert final(one, "iwl_no_support") > final(many, "iwl_no_support") + 0.3
+
+
 # ------------------------------------------------------------------------------------- 2. Reddy et al. 2023
 
 
