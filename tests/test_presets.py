@@ -40,6 +40,11 @@ MEMBERS = {
     "chan2022_exemplars": 3,
     "chan2022_omniglot": 6,
     "chan2022_omniglot_cpu": 2,
+    "chan2022_bursty_cpu": 3,
+    "chan2022_zipf_cpu": 3,
+    "chan2022_exemplars_cpu": 1,
+    "reddy2023_bk_cpu": 2,
+    "reddy2023_bursty_cpu": 2,
 }
 # settings a preset cannot hold and its user must give: where the data is. Composing and validating never reads it,
 # so a placeholder checks the preset on machines without the data
@@ -61,6 +66,10 @@ MULTIRUN = [
     ("chan2022_exemplars", [f"task.exemplars={e}"], 3) for e in (0, 1, 20)
 ] + [
     ("chan2022_omniglot", [f"task.probe_exemplars={p}"], 6) for p in (0, 5)
+] + [
+    ("reddy2023_bk_cpu", [f"task.B={b}"], 2) for b in (1, 2, 4)
+] + [
+    ("chan2022_exemplars_cpu", [f"task.exemplars={e}"], 1) for e in (1, 20)
 ]  # fmt: skip
 # one debug preset a paper; each run is compile-bound (as long as the smallest run in test_training.py), so only the
 # first runs by default and the others with --runslow
