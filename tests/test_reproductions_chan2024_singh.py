@@ -11,32 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from test_reproductions import train
 
 from iclwl.analysis import combine, find_runs, summarise
-from iclwl.config import from_dict, schema_dict
-from iclwl.run import run
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-ConfigStore.instance().store(name="iclwl_schema", node=schema_dict())
 INF = None  # N = infinite (fresh sequences every step)
 SERIES = ["icl_novel", "icl_flip", "iwl_no_support", "ciwl", "icl_flip:rare", "icl_flip:common",
           "iwl_no_support:rare", "iwl_no_support:common"]  # fmt: skip
 
 pytestmark = pytest.mark.slow
-
-
-def train(experiment: str, out: Path, *overrides: str) -> None:
-    """Train a preset as ``python train.py experiment=<experiment> <overrides>`` would, into ``out``."""
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
-    data = OmegaConf.to_container(cfg, resolve=True)
-    data.pop("hydra", None)
-    data["logging"] = {"progress": False, "plot": False}
-    data["checkpoint"]["enabled"] = False
-    run(from_dict(data), out)
 
 
 def table(root: Path) -> list[dict[str, Any]]:
@@ -54,7 +37,7 @@ def at(rows: list[dict[str, Any]], probe: str, **coords: Any) -> dict[str, Any]:
 
 def test_chan2024_no_icl_without_relevant_context(tmp_path):
     """p_relevant = 0: the context never holds the query's class, and no ICL appears; at 0.9 and 1 it does."""
-    train("chan2024_prelevant_cpu", tmp_path)
+    train(tmp_path, "chan2024_prelevant_cpu")
     rows = table(tmp_path)
     for n in (1024, INF):
         none, high, always = (at(rows, "icl_novel", p_relevant=p, N=n) for p in (0.0, 0.9, 1.0))
@@ -67,7 +50,7 @@ def test_chan2024_no_icl_without_relevant_context(tmp_path):
 
 def test_chan2024_icl_transient_as_n_grows_unless_noise_is_large(tmp_path):
     """sigma = 0.2: ICL holds on a finite training set and fades with fresh data; sigma = 0.8: it holds."""
-    train("chan2024_n_cpu", tmp_path)
+    train(tmp_path, "chan2024_n_cpu")
     rows = table(tmp_path)
     fresh_low = at(rows, "icl_novel", noise_scale=0.2, N=INF)
     assert fresh_low["transient"] and fresh_low["drop"] > 0.15, fresh_low
@@ -84,7 +67,7 @@ def test_chan2024_icl_on_rare_classes_iwl_on_common_ones(tmp_path):
     """p_high = 0.9: the rare classes are answered from the context (icl_flip) and the common ones from the
     weights (iwl_no_support); with p_high = 0.5 (the two groups equally frequent) ICL does not favour either group
     and the gap in IWL between them is much smaller."""
-    train("chan2024_phigh_cpu", tmp_path)
+    train(tmp_path, "chan2024_phigh_cpu")
     rows = table(tmp_path)
     skewed = {s: at(rows, s, p_high=0.9)["final"] for s in SERIES}
     assert skewed["icl_flip:rare"] > skewed["icl_flip:common"] + 0.2, skewed
@@ -97,7 +80,7 @@ def test_chan2024_icl_on_rare_classes_iwl_on_common_ones(tmp_path):
 
 def test_chan2024_more_relevant_items_help_icl(tmp_path):
     """L = 4: ICL grows with the number of relevant context items L_relevant."""
-    train("chan2024_lrelevant_cpu", tmp_path)
+    train(tmp_path, "chan2024_lrelevant_cpu")
     rows = table(tmp_path)
     for n in (1024, INF):
         one, two, four = (at(rows, "icl_novel", L_relevant=k, N=n)["final"] for k in (1, 2, 4))
@@ -107,7 +90,7 @@ def test_chan2024_more_relevant_items_help_icl(tmp_path):
 def test_chan2024_longer_contexts_with_irrelevant_items_hurt_icl(tmp_path):
     """One relevant item among L: ICL at L = 1 is well above ICL at L = 8 (the ends of the page's -m grid)."""
     for length in (1, 8):
-        train("chan2024_lrelevant_cpu", tmp_path / f"L{length}", f"task.L={length}", "sweep.L_relevant=[1]")
+        train(tmp_path / f"L{length}", "chan2024_lrelevant_cpu", f"task.L={length}", "sweep.L_relevant=[1]")
     rows = table(tmp_path)
     for n in (1024, INF):
         short, long = (at(rows, "icl_novel", **{"task.L": k, "N": n})["final"] for k in (1, 8))
@@ -117,7 +100,7 @@ def test_chan2024_longer_contexts_with_irrelevant_items_hurt_icl(tmp_path):
 def test_singh_icl_transient_ciwl_and_weight_decay(tmp_path):
     """ICL rises and fades as the in-weight probes rise; with every context bursty the model answers from memory
     mainly when the memorised label is in the context (CIWL), and L2 weight decay turns ICL transient there."""
-    train("singh2023_transient_cpu", tmp_path)
+    train(tmp_path, "singh2023_transient_cpu")
     rows = table(tmp_path)
     half = {p: at(rows, p, p_bursty=0.5, weight_decay=0.0) for p in ("icl_novel", "iwl_no_support", "ciwl")}
     assert half["icl_novel"]["peak"] > 0.8 and half["icl_novel"]["final"] < 0.4, half["icl_novel"]
