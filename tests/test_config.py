@@ -42,12 +42,6 @@ def test_every_task_and_model_composes(task, model):
     assert cfg.model.n_layers >= 1
 
 
-@pytest.mark.parametrize("experiment", group_options("experiment"))
-def test_every_experiment_composes(experiment):
-    cfg = from_dict(composed(f"experiment={experiment}"))
-    assert cfg.name == experiment
-
-
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_task_yaml_equals_python_preset(name):
     assert yaml.safe_load((CONF / "task" / f"{name}.yaml").read_text()) == PRESETS[name]
