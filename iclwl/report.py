@@ -146,25 +146,15 @@ def format_markdown(table: list[dict[str, Any]], drop_threshold: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_csv(path: Path, table: list[dict[str, Any]], coords: list[str]) -> None:
-    """One row per setting and probe; floats written in full (shortest exact repr), None as an empty cell."""
-    fields = [
-        *coords,
-        "probe",
-        "final",
-        "final_std",
-        "final_step",
-        "peak",
-        "peak_step",
-        "drop",
-        "transient",
-        "onset_level",
-        "onset_step",
-        "chance",
-        "seeds",
-    ]
+SUMMARY_FIELDS = ["probe", "final", "final_std", "final_step", "peak", "peak_step", "drop", "transient", "onset_level",
+                  "onset_step", "chance", "seeds"]  # fmt: skip
+FAMILY_FIELDS = ["family", "step", "k", "mean", "min", "max", "seeds"]
+
+
+def write_csv(path: Path, table: list[dict[str, Any]], columns: list[str]) -> None:
+    """One row per table row, these columns; floats written in full (shortest exact repr), None as an empty cell."""
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table)
 
@@ -203,7 +193,7 @@ def report(
     table = summarise(sweep, chosen + with_groups if groups else chosen, drop_threshold, onset_level)
     written = [out / "summary.md", out / "summary.csv", out / "curves.png"]
     written[0].write_text(format_markdown(table, drop_threshold))
-    write_csv(written[1], table, sweep.coords)
+    write_csv(written[1], table, [*sweep.coords, *SUMMARY_FIELDS])
     plot_settings(curves(sweep, chosen + with_groups), chosen, sweep.chance, written[2])
     if axes is not None:
         written.append(out / f"phase_{axes[0]}_{axes[1]}.png")
@@ -219,11 +209,7 @@ def report(
     if families:
         written += [out / "families.md", out / "families.csv", out / "families.png"]
         written[-3].write_text(format_families(families))
-        with written[-2].open("w", newline="") as f:
-            writer = csv.DictWriter(f, [*sweep.coords, "family", "step", "k", "mean", "min", "max", "seeds"],
-                                    extrasaction="ignore")  # fmt: skip
-            writer.writeheader()
-            writer.writerows(families)
+        write_csv(written[-2], families, [*sweep.coords, *FAMILY_FIELDS])
         plot_families(families, sweep.chance, written[-1])
     return written
 
