@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from test_presets import composed
 
+from iclwl import analysis
+from iclwl.analysis import Curve
 from iclwl.config import from_dict
 from iclwl.records import read_metrics
 from iclwl.run import run
@@ -41,26 +43,24 @@ def final(rows: list[dict[str, Any]], probe: str, field: str = "acc", **coords: 
     return float(np.mean([r[field] for r in picked if r["step"] == last]))
 
 
-def curve(rows: list[dict[str, Any]], probe: str, **coords: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Evaluated steps and the seed-mean accuracy of ``probe`` at each, for the members with ``coords``."""
+def curve(rows: list[dict[str, Any]], probe: str, **coords: Any) -> Curve:
+    """The seeds' accuracies of ``probe`` at each evaluated step, for the members with ``coords``."""
     by_step: dict[int, list[float]] = defaultdict(list)
     for r in rows:
         if r["probe"] == probe and all(r.get(k) == v for k, v in coords.items()):
             by_step[r["step"]].append(r["acc"])
-    steps = np.array(sorted(by_step))
-    return steps, np.array([np.mean(by_step[s]) for s in steps])
+    steps = sorted(by_step)
+    return Curve(np.array(steps), [np.asarray(by_step[s], dtype=float) for s in steps])
 
 
 def first_step_at(rows: list[dict[str, Any]], probe: str, level: float, **coords: Any) -> int | None:
     """First evaluated step where the seed mean of ``probe`` reaches ``level`` (None when it never does)."""
-    steps, acc = curve(rows, probe, **coords)
-    reached = np.flatnonzero(acc >= level)
-    return int(steps[reached[0]]) if reached.size else None
+    return analysis.first_step_at(curve(rows, probe, **coords), level)
 
 
 def peak(rows: list[dict[str, Any]], probe: str, **coords: Any) -> float:
     """Largest seed-mean accuracy of ``probe`` over the evaluated steps."""
-    return float(curve(rows, probe, **coords)[1].max())
+    return float(curve(rows, probe, **coords).mean.max())
 
 
 # ------------------------------------------------------------------------------------- 1. Chan et al. 2022
@@ -123,7 +123,7 @@ def test_reddy2023_bursty_onset_after_plateau_iid_gives_iwl(tmp_path):
     assert t40 is not None and t80 is not None
     assert t80 - t40 < t40 / 2
     # the induction score sits near its uniform value in the plateau and rises with ICL
-    steps, _ = curve(rows, "icl_novel", p_bursty=1.0)
+    steps = curve(rows, "icl_novel", p_bursty=1.0).steps
     plateau = int(steps[steps <= t40 // 2].max())
     induction = {r["step"]: r["induction"] for r in rows if r["probe"] == "icl_novel" and r["p_bursty"] == 1.0}
     assert induction[plateau] < 0.2
