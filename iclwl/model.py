@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -46,21 +47,23 @@ def random_offsets(cfg: ModelConfig, key: jax.Array, n: int) -> jax.Array | None
     return jax.random.randint(key, (n,), 0, cfg.max_offset + 1)
 
 
-def embed_tokens(item_in: nnx.Linear, label_in: nnx.Embed | None, n_labels: int, items: jax.Array,
+def embed_tokens(item_map: Callable, label_map: Callable | None, n_labels: int, items: jax.Array,
                  labels: jax.Array) -> jax.Array:  # fmt: skip
-    """(B, L+1, D) items and (B, L+1) labels (the last, the target, is never read) -> (B, T, d) tokens.
+    """(B, L+1, F) items and (B, L+1) labels (the last, the target, is never read) -> (B, T, w) tokens.
 
-    With a label embedding the tokens interleave ``x1 y1 ... xL yL xq``; without one, each pair is one token
-    ``[x_i ; onehot(y_i)]`` and the query ``[x_q ; 0]``. Shared by every arch that reads the token sequence.
+    ``item_map`` is a linear map of item features (an ``nnx.Linear``), ``label_map`` one of labels (an
+    ``nnx.Embed``). With a label map the tokens interleave ``x1 y1 ... xL yL xq``; without one, each pair is one
+    token ``item_map([x_i ; onehot(y_i)])`` and the query ``item_map([x_q ; 0])``. Shared by every arch that reads
+    the token sequence.
     """
     B, n, _ = items.shape
-    if label_in is None:
+    if label_map is None:
         onehot = jax.nn.one_hot(labels, n_labels).at[:, -1].set(0.0)  # hide the target
-        return item_in(jnp.concatenate([items, onehot], axis=-1))  # (B, L+1, d)
-    x = item_in(items)  # (B, L+1, d)
-    y = label_in(labels[:, :-1])  # (B, L, d)
-    pairs = jnp.stack([x[:, :-1], y], axis=2).reshape(B, 2 * (n - 1), -1)  # (B, 2L, d)
-    return jnp.concatenate([pairs, x[:, -1:]], axis=1)  # (B, 2L+1, d)
+        return item_map(jnp.concatenate([items, onehot], axis=-1))  # (B, L+1, w)
+    x = item_map(items)  # (B, L+1, w)
+    y = label_map(labels[:, :-1])  # (B, L, w)
+    pairs = jnp.stack([x[:, :-1], y], axis=2).reshape(B, 2 * (n - 1), -1)  # (B, 2L, w)
+    return jnp.concatenate([pairs, x[:, -1:]], axis=1)  # (B, 2L+1, w)
 
 
 class Attention(nnx.Module):
@@ -71,13 +74,26 @@ class Attention(nnx.Module):
         self.qkv = nnx.Linear(cfg.d_model, 3 * cfg.d_model, use_bias=False, rngs=rngs)
         self.out = nnx.Linear(cfg.d_model, cfg.d_model, rngs=rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, rows: jax.Array | None = None):
-        """Causal self-attention of (B, T, d) tokens; with ``rows``, outputs only for those query tokens."""
-        B, T, d = x.shape
+    def __call__(self, x: jax.Array | None, positions: jax.Array, rows: jax.Array | None = None,
+                 qkv: jax.Array | None = None):  # fmt: skip
+        """Causal self-attention of (B, T, d) tokens; with ``rows``, outputs only for those query tokens.
+
+        ``qkv`` (B, T, 3d), when given, is the projection of the tokens, computed by the caller (the first
+        layer's comes from projected embedding tables, see ``Transformer.first_projection``); ``x`` is not read.
+        """
+        B, T = positions.shape
+        W = self.qkv.kernel.value  # (d, 3d): queries, keys, values
+        d = W.shape[0]
         H, dh = self.n_heads, d // self.n_heads
-        q, k, v = jnp.split(self.qkv(x).reshape(B, T, 3 * H, dh), 3, axis=2)  # (B, T, H, dh) each
         rows = jnp.arange(T) if rows is None else rows
-        q, q_pos = q[:, rows], positions[:, rows]  # (B, R, H, dh)
+        if qkv is None and rows.shape[0] == T:
+            qkv = x @ W
+        if qkv is not None:
+            q, kv = qkv[:, rows, :d], qkv[..., d:]
+        else:  # keys and values of every token, queries only of the rows asked for
+            q, kv = x[:, rows] @ W[:, :d], x @ W[:, d:]
+        q, q_pos = q.reshape(B, rows.shape[0], H, dh), positions[:, rows]  # (B, R, H, dh)
+        k, v = jnp.split(kv.reshape(B, T, 2 * H, dh), 2, axis=2)  # (B, T, H, dh) each
         if self.rotary:
             q, k = rotate(q, q_pos), rotate(k, positions)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(dh)  # (B, H, R, T)
@@ -106,9 +122,11 @@ class Block(nnx.Module):
         self.ln2 = nnx.LayerNorm(d, rngs=rngs) if self.pre_ln and hidden else None
         self.mlp = MLP(d, hidden, d, rngs=rngs) if hidden else None
 
-    def __call__(self, x: jax.Array, positions: jax.Array, rows: jax.Array | None = None):
-        """(B, T, d) -> (B, R, d) at the token indices ``rows`` (all tokens when None), and attention weights."""
-        h, weights = self.attn(self.ln1(x) if self.ln1 else x, positions, rows)
+    def __call__(self, x: jax.Array, positions: jax.Array, rows: jax.Array | None = None,
+                 qkv: jax.Array | None = None):  # fmt: skip
+        """(B, T, d) -> (B, R, d) at the token indices ``rows`` (all tokens when None), and attention weights.
+        ``qkv``: the attention's projection of ``x``, when the caller has it (only without ``ln1``)."""
+        h, weights = self.attn(self.ln1(x) if self.ln1 else x, positions, rows, qkv)
         x = (x if rows is None else x[:, rows]) + h
         if self.mlp is not None:
             x = x + self.mlp(self.ln2(x) if self.ln2 else x)
@@ -137,10 +155,38 @@ class Transformer(nnx.Module):
         widths = (d, *cfg.readout_hidden)
         self.readout_hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(widths)])
         self.readout = nnx.Linear(widths[-1], n_labels, rngs=rngs)
+        # Without a LayerNorm before it, the first attention projects a sum of embeddings, so its q, k, v can be
+        # summed from projected tables (``first_projection``). That is cheaper when items have at most d features.
+        in_width = features if self.label_in is not None else features + n_labels
+        self.fuse_first = cfg.n_layers > 0 and cfg.layernorm != "pre" and in_width <= d
 
     def embed(self, items: jax.Array, labels: jax.Array) -> jax.Array:
         """(B, L+1, D) items and (B, L+1) labels -> (B, T, d) tokens (``embed_tokens``)."""
         return embed_tokens(self.item_in, self.label_in, self.n_labels, self.encoder(items), labels)
+
+    def position_table(self) -> jax.Array | None:
+        """(n_positions, d): what each position adds to its token (None for rotary and no positions)."""
+        if self.pos_in is not None:
+            return self.pos_in.embedding.value
+        if self.cfg.pos == "sinusoidal":
+            return sinusoidal(jnp.arange(self.n_positions), self.cfg.d_model)
+        return None
+
+    def first_projection(self, features: jax.Array, labels: jax.Array, positions: jax.Array) -> jax.Array:
+        """(B, T, 3d): the first attention's q, k, v of every token, without projecting the tokens.
+
+        A token is ``item_in(x) + position`` or ``label_in(y) + position``, so its projection by the kernel W is
+        a sum of rows of ``E_label W`` and ``E_position W`` and of ``x (W_in W) + b_in W``. The numbers are the
+        projection of the tokens (up to rounding); the FLOPs, forward and backward, are about half for the
+        Reddy 2023 model, where half the tokens are labels and items have 63 features for d = 128.
+        """
+        W = self.blocks[0].attn.qkv.kernel.value
+        item_in = self.item_in
+        item_map = lambda x: x @ (item_in.kernel.value @ W) + item_in.bias.value @ W
+        label_map = None if self.label_in is None else lambda y: jnp.take(self.label_in.embedding.value @ W, y, 0)
+        qkv = embed_tokens(item_map, label_map, self.n_labels, features, labels)
+        table = self.position_table()
+        return qkv if table is None else qkv + jnp.take(table @ W, positions, 0)
 
     def __call__(
         self,
@@ -157,20 +203,21 @@ class Transformer(nnx.Module):
         ``query_only`` returns (B, 1, n_labels) for the query alone, and the last layer then computes only the
         query's row: the same numbers, fewer FLOPs.
         """
-        h = self.embed(items, labels)  # (B, T, d)
-        B, T, d = h.shape
+        features = self.encoder(items)
+        h = embed_tokens(self.item_in, self.label_in, self.n_labels, features, labels)  # (B, T, d)
+        B, T = h.shape[:2]
         positions = jnp.arange(T)[None, :] + (jnp.zeros((B, 1), jnp.int32) if offset is None else offset[:, None])
-        if self.pos_in is not None:
-            h = h + self.pos_in(positions)
-        elif self.cfg.pos == "sinusoidal":
-            h = h + sinusoidal(positions, d)
+        table = self.position_table()
+        if table is not None:
+            h = h + jnp.take(table, positions, 0)
+        qkv = self.first_projection(features, labels, positions) if self.fuse_first else None
         attention = []
         read = jnp.arange(0, T, 2) if self.label_in is not None else jnp.arange(T)  # item tokens
         if query_only:
             read = read[-1:]
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
-            h, w = block(h, positions, read if last and not return_attention else None)
+            h, w = block(h, positions, read if last and not return_attention else None, qkv if i == 0 else None)
             attention.append(w)
         if return_attention:
             h = h[:, read]

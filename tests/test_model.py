@@ -59,6 +59,40 @@ def test_query_only_matches_full(cfg):
     np.testing.assert_allclose(model(items, labels, query_only=True)[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
 
 
+
+FUSABLE = [
+    ModelConfig(pos="sinusoidal", layernorm="none"),
+    ModelConfig(pos="rotary", layernorm="none", n_heads=4, d_model=32),
+    ModelConfig(pos="onehot", layernorm="none", max_offset=5, mlp_ratio=0.0, readout_hidden=(16,)),
+    ModelConfig(pos="none", layernorm="none", n_layers=1),
+    ModelConfig(tokens="concat", pos="learned", layernorm="none"),
+]
+
+
+@pytest.mark.parametrize("cfg", FUSABLE, ids=lambda c: f"{c.pos}-{c.tokens}-L{c.n_layers}")
+@pytest.mark.parametrize("query_only", [False, True])
+def test_first_layer_from_projected_tables_matches_projecting_tokens(cfg, query_only):
+    """Without a LayerNorm before it, the first attention's q, k, v are summed from projected embedding tables;
+    logits and every gradient match the plain path (projecting the tokens) up to rounding."""
+    model = make(cfg)
+    assert model.fuse_first and not make(ModelConfig(layernorm="pre")).fuse_first
+    items, labels = inputs(2)
+    offset = jnp.array([0, 3, 5]) if cfg.max_offset else None
+    graphdef, params = nnx.split(model)
+
+    def loss(p, fuse):
+        m = nnx.merge(graphdef, p)
+        m.fuse_first = fuse
+        logits = m(items, labels, offset, query_only=query_only)
+        return jnp.sum(jnp.sin(logits)), logits
+
+    (_, fused), g_fused = jax.value_and_grad(loss, has_aux=True)(params, True)
+    (_, plain), g_plain = jax.value_and_grad(loss, has_aux=True)(params, False)
+    np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_attention_weights_are_causal_distributions():
     model = make(ModelConfig(n_layers=3, n_heads=2))
     items, labels = inputs()
