@@ -59,7 +59,6 @@ def test_query_only_matches_full(cfg):
     np.testing.assert_allclose(model(items, labels, query_only=True)[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
 
 
-
 FUSABLE = [
     ModelConfig(pos="sinusoidal", layernorm="none"),
     ModelConfig(pos="rotary", layernorm="none", n_heads=4, d_model=32),
