@@ -95,10 +95,6 @@ def _int(u: jax.Array, low, high) -> jax.Array:
     return jnp.minimum(low + (u * (high - low)).astype(jnp.int32), high - 1)
 
 
-def _gumbel(u: jax.Array) -> jax.Array:
-    return -jnp.log(-jnp.log(jnp.maximum(u, jnp.finfo(jnp.float32).tiny)))
-
-
 def _pool(st: TaskStatic, draw: Draw, uni: Universe, p: TaskParams) -> tuple[jax.Array, jax.Array]:
     """Class ids of the pool and their sampling probabilities."""
     if draw.pool == "train":
@@ -124,36 +120,38 @@ def _inverse_cdf(cdf: jax.Array, u: jax.Array) -> jax.Array:
     return jnp.minimum(jnp.searchsorted(cdf, u, side="right"), jnp.argmax(cdf >= 1.0))
 
 
-def _iid_excluding(u: jax.Array, prob: jax.Array, cdf: jax.Array, q: jax.Array) -> jax.Array:
-    """Pool indices from ``prob`` conditioned on not being q, by inverse CDF (O(log K) each)."""
-    v = u * (1.0 - prob[q])
-    x = jnp.where(v < cdf[q] - prob[q], v, v + prob[q])  # skip q's interval of the CDF
-    idx = _inverse_cdf(cdf, x)
-    # float round-off may land on q itself: take the first other class with mass instead
-    fallback = jnp.argmax((prob > 0) & (jnp.arange(prob.shape[0]) != q))
-    return jnp.where(idx == q, fallback, idx)
+def _excluding(u: jax.Array, prob: jax.Array, cdf: jax.Array, excluded: jax.Array) -> jax.Array:
+    """Pool indices from ``prob`` conditioned on not being any of ``excluded`` (a few distinct indices), one per
+    entry of ``u``: the inverse CDF with the excluded intervals cut out (O(log K) each, not O(K))."""
+    ex = jnp.sort(excluded)
+    mass = prob[ex]
+    v = u * (1.0 - jnp.sum(mass))
+    for j in range(ex.shape[0]):  # left to right: a point at or past an excluded interval's start skips it
+        v = jnp.where(v >= cdf[ex[j]] - mass[j], v + mass[j], v)
+    idx = _inverse_cdf(cdf, v)
+    # float round-off may land on an excluded class: step to the nearest free one above it with mass, else below
+    up, down = idx, idx
+    for j in range(ex.shape[0]):
+        up = jnp.where(up == ex[j], up + 1, up)
+        down = jnp.where(down == ex[-1 - j], down - 1, down)
+    K = prob.shape[0]
+    return jnp.where((up < K) & (prob[jnp.minimum(up, K - 1)] > 0), up, jnp.maximum(down, 0))
 
 
-def _top_n(v: jax.Array, n: int) -> jax.Array:
-    """Indices of the n largest entries, largest first (as ``lax.top_k``). n rounds of argmax: n is small here,
-    and unlike top_k (which XLA's SPMD partitioner gathers across devices) it stays on each member's device."""
-    picked = []
-    for _ in range(n):
-        i = jnp.argmax(v).astype(jnp.int32)
-        picked.append(i)
-        v = v.at[i].set(-jnp.inf)
-    return jnp.stack(picked)
+def _distinct_excluding(u: jax.Array, prob: jax.Array, cdf: jax.Array, q: jax.Array) -> jax.Array:
+    """len(u) distinct pool indices other than q, drawn one after another in proportion to ``prob`` (sampling
+    without replacement, the law of a Gumbel top-n), each from one uniform number."""
+    chosen = q[None]
+    for i in range(u.shape[0]):
+        chosen = jnp.concatenate([chosen, _excluding(u[i], prob, cdf, chosen)[None]])
+    return chosen[1:]
 
 
-def _masked(u: jax.Array, prob: jax.Array, allowed: jax.Array, n: int, distinct: bool) -> jax.Array:
-    """n pool indices from ``prob`` restricted to ``allowed``, by Gumbel-max: i.i.d. (u: (n, K)) or distinct
-    (top-k of one Gumbel draw, u: (K,))."""
-    if n == 0:
-        return jnp.zeros((0,), jnp.int32)
+def _masked(u: jax.Array, prob: jax.Array, allowed: jax.Array) -> jax.Array:
+    """Pool indices from ``prob`` restricted to ``allowed`` (any set), by Gumbel-max over the pool (u: (n, K))."""
     logits = jnp.where(allowed & (prob > 0), jnp.log(prob), -jnp.inf)
-    if distinct:
-        return _top_n(logits + _gumbel(u), n)
-    return jnp.argmax(logits + _gumbel(u), axis=-1)
+    gumbel = -jnp.log(-jnp.log(jnp.maximum(u, jnp.finfo(jnp.float32).tiny)))
+    return jnp.argmax(logits + gumbel, axis=-1)
 
 
 def _draws(st: TaskStatic, draw: Draw, pool: int) -> dict[str, tuple[int, ...]]:
@@ -164,11 +162,8 @@ def _draws(st: TaskStatic, draw: Draw, pool: int) -> dict[str, tuple[int, ...]]:
               "relabel": (st.n_labels,)}  # fmt: skip
     if draw.exclude_query_label:
         shapes["iid"] = (L, pool)
-    n_distinct = L // st.B - 1 if st.burst_form == "reddy" else st.ways - 1
-    if n_distinct > 0:
-        shapes["others"] = (pool,)
-    if st.burst_form == "chan2022" and n_fill > 0:
-        shapes["fill"] = (n_fill, pool)
+    shapes["others"] = (L // st.B - 1 if st.burst_form == "reddy" else st.ways - 1,)
+    shapes["fill"] = (n_fill if st.burst_form == "chan2022" else 0,)
     return shapes
 
 
@@ -182,9 +177,9 @@ def _context(st: TaskStatic, draw: Draw, p: TaskParams, ids, prob, q, u) -> tupl
         allowed = ~shares_label(st, ids, ids[q]) if draw.pool == "train" else ids != ids[q]
         # with very few active classes all may share the query's label: then only its class is kept out
         allowed = allowed | (~jnp.any(allowed & (prob > 0)) & (jnp.arange(ids.shape[0]) != q))
-        others = _masked(u["iid"], prob, allowed, L, distinct=False)
+        others = _masked(u["iid"], prob, allowed)
     elif st.relevance:
-        others = _iid_excluding(u["iid"], prob, cdf, q)
+        others = _excluding(u["iid"], prob, cdf, q[None])
     else:
         others = _inverse_cdf(cdf, u["iid"])
     if st.relevance:
@@ -195,16 +190,13 @@ def _context(st: TaskStatic, draw: Draw, p: TaskParams, ids, prob, q, u) -> tupl
     plain = jnp.where(jnp.arange(L) < n_rel, q, others)
 
     # bursty
-    not_q = jnp.arange(prob.shape[0]) != q
+    distinct = _distinct_excluding(u["others"], prob, cdf, q)
     if st.burst_form == "reddy":
-        distinct = _masked(u.get("others"), prob, not_q, L // st.B - 1, distinct=True)
         burst = jnp.repeat(jnp.concatenate([q[None], distinct]), st.B, total_repeat_length=L)
         n_burst = st.B
     else:
-        distinct = _masked(u.get("others"), prob, not_q, st.ways - 1, distinct=True)
         block = jnp.repeat(jnp.concatenate([q[None], distinct]), st.shots, total_repeat_length=st.shots * st.ways)
-        in_block = jnp.zeros(prob.shape[0], bool).at[block].set(True)
-        fillers = _masked(u.get("fill"), prob, ~in_block, L - st.shots * st.ways, distinct=False)
+        fillers = _excluding(u["fill"], prob, cdf, jnp.concatenate([q[None], distinct]))
         burst = jnp.concatenate([block, fillers])
         n_burst = st.shots
     bursty = u["bursty"] < p.p_bursty

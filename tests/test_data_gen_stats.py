@@ -6,8 +6,11 @@ static setting, the knobs under test are call arguments).
 
 from __future__ import annotations
 
+import itertools
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from _data_gen_util import (
@@ -25,6 +28,8 @@ from _data_gen_util import (
     rank_of,
     sample,
 )
+
+from data_gen.sequences import _cdf, _distinct_excluding, _excluding
 
 
 def query_ranks(template, seeds, **dynamic) -> np.ndarray:
@@ -78,6 +83,23 @@ def test_chan2022_bursts(K: int | None):
     assert np.all(rank_of(uni)[b.classes] < (K or 64))
     if K is None:  # fillers are i.i.d., so two of them share a class now and then
         assert 0 < np.mean(fillers[:, 0] == fillers[:, 1]) < 0.5
+
+
+def test_distinct_and_excluding_draws_follow_the_class_frequencies():
+    """The other classes of a burst are drawn one after another without replacement, in proportion to their
+    frequency (ordered pair (a, b) after q: p_a / (1 - p_q) * p_b / (1 - p_q - p_a)); fillers are i.i.d. from the
+    frequencies with the block's classes cut out. Exact laws on 5 classes (the last with no mass), 20,000 draws."""
+    prob = jnp.array([0.4, 0.3, 0.2, 0.1, 0.0])
+    q, n = 1, 20_000
+    u = jax.random.uniform(jax.random.key(0), (n, 2))
+    pairs = np.asarray(jax.jit(jax.vmap(lambda u: _distinct_excluding(u, prob, _cdf(prob), jnp.int32(q))))(u))
+    P = np.asarray(prob, np.float64)
+    for a, b in itertools.permutations([0, 2, 3, 4], 2):
+        expected = P[a] / (1 - P[q]) * P[b] / (1 - P[q] - P[a])
+        assert_binomial(np.sum((pairs[:, 0] == a) & (pairs[:, 1] == b)), n, expected, f"ordered pair {a}, {b}")
+    fill = np.asarray(jax.jit(lambda u: _excluding(u, prob, _cdf(prob), jnp.array([2, 0])))(u[:, 0]))
+    for c in range(5):
+        assert_binomial(np.sum(fill == c), n, 0.0 if c in (0, 2) else P[c] / (1 - P[0] - P[2]), f"filler {c}")
 
 
 # ------------------------------------------------------------------------------------------ relevance control
