@@ -7,6 +7,11 @@ jitted train step called once per batch (one member).
 
     python benchmarks/train_throughput.py                      # both settings, M = 1, 8, 32
     python benchmarks/train_throughput.py --settings reddy2023 --members 1 --repeats 5
+    python benchmarks/train_throughput.py --cpu-devices 1 --member-loop vmap   # the library as it was before
+
+The library runs as ``train.py`` does: on CPU the host is split into one JAX device per core (``--cpu-devices``,
+``train.cpu_devices``) and the members on each device run one after another (``--member-loop``,
+``train.member_loop``); one member's batch is split over the devices.
 
 Settings: (a) 'default' = the default experiment (conf/task/bursty, conf/model/small, batch 64);
 (b) 'reddy2023' = K = 512, B = 2, D = 63, L = 8, batch 128, two attention-only layers with an MLP readout.
@@ -25,12 +30,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from data_gen import TaskSpec, make_universe
+from data_gen import TaskSpec, dynamic_part, make_universe, sample_batch
 from data_gen.presets import preset
 from iclwl.config import Config, ModelConfig, OptimConfig, TrainConfig, validate_config
 from iclwl.model import Transformer
 from iclwl.optim import make_optimizer
 from iclwl.run import ensemble_static
+from iclwl.sharding import Layout, use_cpu_devices
 from iclwl.training import Program, compiled, member_inputs
 
 SETTINGS = {
@@ -87,13 +93,15 @@ def model_flops(cfg: Config) -> float:
     return float(cost["flops"])
 
 
-def bench_library(cfg: Config, M: int, chunk: int, repeats: int) -> dict:
-    cfg = validate_config(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seeds=tuple(range(M)))))
+def bench_library(cfg: Config, M: int, chunk: int, repeats: int, member_loop: str) -> dict:
+    train = dataclasses.replace(cfg.train, seeds=tuple(range(M)), member_loop=member_loop)
+    cfg = validate_config(dataclasses.replace(cfg, train=train))
     st = ensemble_static(cfg)
-    uni = make_universe(st)
-    ens = compiled(Program.of(cfg, st))
+    layout = Layout.for_members(M, cfg.train.batch_size)  # as iclwl.groups places a run
+    ens = compiled(Program.of(cfg, st, layout.mesh))
+    uni = layout.put_replicated(make_universe(st))
     init, mem = member_inputs(cfg)
-    state = ens.init(init)
+    state, mem = ens.init(layout.put_members(init)), layout.put_members(mem)
     t = time.perf_counter()
     state, out = ens.chunk(uni, state, mem, jnp.int32(0), jnp.int32(chunk), n=chunk)
     jax.block_until_ready(out)
@@ -106,6 +114,28 @@ def bench_library(cfg: Config, M: int, chunk: int, repeats: int) -> dict:
         jax.block_until_ready(out)
         times.append(time.perf_counter() - t)
     return {"steps_per_s": chunk / statistics.median(times), "compile_s": compile_s}
+
+
+def bench_generation(cfg: Config, chunk: int, repeats: int) -> float:
+    """Milliseconds to generate one training batch of one member on the device (a scan of ``chunk`` batches)."""
+    st, p = ensemble_static(cfg), dynamic_part(cfg.task)
+    uni, B = make_universe(st), cfg.train.batch_size
+
+    @jax.jit
+    def batches(key):
+        def body(total, t):
+            b = sample_batch(st, uni, p, jax.random.fold_in(key, t), B)
+            return total + b.items.sum() + b.labels.sum(), None
+
+        return jax.lax.scan(body, 0.0, jnp.arange(chunk))[0]
+
+    jax.block_until_ready(batches(jax.random.key(0)))
+    times = []
+    for r in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(batches(jax.random.key(r + 1)))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) / chunk * 1e3
 
 
 # ------------------------------------------------------------------------------------------------ the baseline
@@ -167,14 +197,18 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=100, help="steps per timed call")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls; the median is reported")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--cpu-devices", type=int, default=0, help="JAX devices to split a CPU host into (0: per core)")
+    ap.add_argument("--member-loop", default="auto", choices=["auto", "vmap", "map"])
     args = ap.parse_args()
+    use_cpu_devices(args.cpu_devices)
 
     peak = matmul_peak()
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {jax.device_count()} device(s); "
-          f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")  # fmt: skip
+          f"member loop {args.member_loop}; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (one device)")  # fmt: skip
     print()
     print("| setting | runner | M | steps/s | member-steps/s | sequences/s | compile s | model GFLOP/s | of peak |")
     print("|---|---|---|---|---|---|---|---|---|")
+    notes = []
     for name in args.settings:
         cfg = SETTINGS[name]
         flops = model_flops(cfg)
@@ -183,11 +217,20 @@ def main() -> None:
         if not args.no_baseline:
             rows.append(("baseline (NumPy host data, jit per step)", 1, bench_baseline(cfg, args.chunk, args.repeats)))
         for M in args.members:
-            rows.append(("iclwl (on-device data, scan, vmap)", M, bench_library(cfg, M, args.chunk, args.repeats)))
+            r = bench_library(cfg, M, args.chunk, args.repeats, args.member_loop)
+            rows.append(("iclwl (on-device data, scan)", M, r))
         for runner, M, r in rows:
             ms = r["steps_per_s"] * M
             print(f"| {name} | {runner} | {M} | {r['steps_per_s']:.1f} | {ms:.1f} | {ms * B:.0f} | "
                   f"{r['compile_s']:.1f} | {ms * flops / 1e9:.1f} | {ms * flops / peak:.0%} |", flush=True)  # fmt: skip
+        single = [r for runner, M, r in rows if M == 1 and runner.startswith("iclwl")]
+        if single:
+            gen_ms, step_ms = bench_generation(cfg, args.chunk, args.repeats), 1e3 / single[0]["steps_per_s"]
+            notes.append(f"{name}: generating a batch takes {gen_ms:.2f} ms, {gen_ms / step_ms:.1%} of a training "
+                         f"step of one member ({step_ms:.2f} ms, generation included)")  # fmt: skip
+    print()
+    for note in notes:
+        print(note)
 
 
 if __name__ == "__main__":

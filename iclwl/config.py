@@ -72,6 +72,12 @@ class TrainConfig:
     resume: str | None = None  # a run directory to continue (a run also continues in its own directory)
     max_members: int = 0  # members per compiled program; 0 = as many as fit (measured), the rest in more groups
     memory_fraction: float = 0.9  # of the devices' free memory that one group's programs may use
+    # members sharing a device: 'vmap' batches them (best on accelerators), 'map' runs them one after another
+    # (best on CPU, where the batched backward costs more than it saves); 'auto' picks by the device platform
+    member_loop: Literal["auto", "vmap", "map"] = "auto"
+    # CPU only: split the host into this many JAX devices, so members (or one member's batch) get a core each;
+    # 0 = one per core, at most 8. It applies when a process first uses JAX (see iclwl.sharding.use_cpu_devices)
+    cpu_devices: int = 0
 
 
 @dataclass(frozen=True)
@@ -309,6 +315,7 @@ def validate_config(cfg: Config) -> Config:
     _need(t.chunk_steps >= 1, "train.chunk_steps", t.chunk_steps, "must be >= 1")
     _need(t.max_members >= 0, "train.max_members", t.max_members, "must be >= 0 (0 = as many as fit)")
     _need(0 < t.memory_fraction <= 1, "train.memory_fraction", t.memory_fraction, "must be in (0, 1]")
+    _need(t.cpu_devices >= 0, "train.cpu_devices", t.cpu_devices, "must be >= 0 (0 = one per core, at most 8)")
     _need(not t.context_loss or m.tokens == "interleaved", "train.context_loss", t.context_loss,
           "needs model.tokens=interleaved (a concat token already shows its label)")  # fmt: skip
     c = cfg.checkpoint

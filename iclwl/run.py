@@ -30,6 +30,7 @@ from iclwl.plots import plot_run
 from iclwl.preemption import Preempted, StopRequests
 from iclwl.probing import ProbeMetrics, probe_list
 from iclwl.records import MetricsFile, format_table, provenance, read_metrics, truncate_metrics, write_config
+from iclwl.sharding import use_cpu_devices
 from iclwl.training import Health, Meter, Program, compiled, member_inputs
 from iclwl.wandb_sink import WandbSink, require_wandb
 
@@ -108,6 +109,7 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     if not writable:
         raise ConfigError("output dir", str(out_dir), f"must be writable ({why})")
     require_wandb(cfg.wandb)  # a W&B mode without the package: refused before anything compiles
+    use_cpu_devices(cfg.train.cpu_devices)  # before JAX runs anything
     st = ensemble_static(cfg)
     coords = members(cfg)
     names = probe_list(cfg.probes, st)

@@ -5,11 +5,16 @@ Every leaf of the state and of the member inputs is split along its leading (mem
 replicated. Inside the step, each member's batch is split along ``batch`` (``with_sharding_constraint``), so
 1 member on 8 devices uses all 8 for its batch, and 64 members on 8 devices put 8 members on each. The same
 code runs on one CPU (a 1 x 1 mesh: nothing moves), several GPUs or a TPU host; XLA inserts the communication.
+
+A CPU host can be split into several JAX devices (``use_cpu_devices``, ``train.cpu_devices``): with a device per
+core, members run on their own cores instead of sharing every small matrix product between threads.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from dataclasses import dataclass
 
 import jax
@@ -46,3 +51,26 @@ class Layout:
     def describe(self) -> str:
         g, b = self.mesh.shape["members"], self.mesh.shape["batch"]
         return f"{g * b} device(s): members split {g} way(s), each member's batch {b} way(s)"
+
+
+MAX_AUTO_CPU_DEVICES = 8
+
+
+def use_cpu_devices(n: int) -> int:
+    """Split the CPU into ``n`` JAX devices (0: one per core available to this process, at most 8) and return the
+    number asked for. JAX fixes the count when it first runs anything, so this only applies before that; it also
+    leaves alone a count chosen already (``jax_num_cpu_devices``, or ``XLA_FLAGS``'s
+    ``--xla_force_host_platform_device_count``). An explicit ``n`` that cannot apply is reported, not fatal."""
+    want = n or min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                    MAX_AUTO_CPU_DEVICES)  # fmt: skip
+    chosen = jax.config.jax_num_cpu_devices != -1 or "host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    if not chosen:
+        try:
+            jax.config.update("jax_num_cpu_devices", want)
+            return want
+        except RuntimeError:  # JAX is running already
+            pass
+    if n and len(jax.devices("cpu")) != n:
+        warnings.warn(f"train.cpu_devices={n} not applied: this process already has {len(jax.devices('cpu'))} "
+                      "CPU device(s) (JAX started, or the count was chosen elsewhere)", stacklevel=2)  # fmt: skip
+    return want

@@ -4,7 +4,8 @@ A run is a function of its seeds. Each member's seed splits once into three name
 init (parameters), data (batch t is ``sample_batch(task, fold_in(data, t))``) and eval (the probe sets). The
 step counter is the whole data state, so any batch can be regenerated and a resumed run is exact.
 
-``chunk`` is ``jit(scan over S steps (vmap over members (train step)))``: S is fixed, so it compiles once, and
+``chunk`` is ``jit(scan over S steps (members (train step)))``: members are batched by ``vmap`` on accelerators
+and run one after another by ``lax.map`` on CPU (``train.member_loop``). S is fixed, so it compiles once, and
 steps past ``stop`` are skipped (``lax.cond`` on the unbatched step counter), so a chunk can end exactly at an
 evaluation step. ``evaluate`` runs every probe for every member. Metrics leave the device once per call.
 """
@@ -106,7 +107,10 @@ class Program:
         # a member's lr and weight decay are data (MemberInputs.optim); only whether decay exists is compiled in
         decays = any(o.weight_decay > 0 for o in member_optims(cfg))
         optim = dataclasses.replace(cfg.optim, lr=0.0, weight_decay=1.0 if decays else 0.0)
-        train = dataclasses.replace(cfg.train, seeds=(), resume=None, max_members=0, memory_fraction=1.0)
+        platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+        loop = cfg.train.member_loop if cfg.train.member_loop != "auto" else "map" if platform == "cpu" else "vmap"
+        train = dataclasses.replace(cfg.train, seeds=(), resume=None, max_members=0, memory_fraction=1.0,
+                                    member_loop=loop, cpu_devices=0)  # fmt: skip
         return cls(st, cfg.model, optim, train, cfg.probes, mesh if mesh is not None and mesh.size > 1 else None)
 
 
@@ -197,9 +201,20 @@ class Ensemble:
     # ---- all members, many steps
     def _chunk(self, uni: Universe, state: TrainState, mem: MemberInputs, t0, stop, n: int):
         """Train steps t0+1 .. stop (at most n) for every member."""
-        axis = "members" if self.prog.mesh is not None else None
-        step_all = jax.vmap(self._step_member, in_axes=(None, 0, 0, None), spmd_axis_name=axis)
+        mesh = self.prog.mesh
+        axis = "members" if mesh is not None else None
         M = mem.data_key.shape[0]
+        if self.prog.train.member_loop == "vmap":
+            step_all = jax.vmap(self._step_member, in_axes=(None, 0, 0, None), spmd_axis_name=axis)
+        else:  # 'map': the members of each device one after another (g devices along the member axis)
+            g = mesh.shape["members"] if mesh is not None else 1
+            split = lambda x: x.reshape(g, M // g, *x.shape[1:])
+            join = lambda x: x.reshape(M, *x.shape[2:])
+
+            def step_all(uni, s, mem, t):
+                one = lambda sm: self._step_member(uni, *sm, t)
+                per_device = jax.vmap(lambda s, m: jax.lax.map(one, (s, m)), spmd_axis_name=axis)
+                return jax.tree.map(join, per_device(jax.tree.map(split, s), jax.tree.map(split, mem)))
 
         def body(carry, _):
             state, t = carry

@@ -8,6 +8,9 @@ import pytest
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["WANDB_MODE"] = "disabled"
+# One CPU device, in this process and in the train.py processes tests start, unless a test asks for more: runs
+# would otherwise split the host one device per core (train.cpu_devices), and how many depends on the machine.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 # Tests that run train.py several times with one config (kill and resume, sharded vs not) would compile the same
 # programs in every process: JAX's persistent compilation cache, in a directory of this session, shares them.
 CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="iclwl-test-jax-cache-"))

@@ -58,12 +58,14 @@ ARGS = ["experiment=none", "task.n_classes=72", "task.n_holdout=8", "task.D=8", 
         "logging.plot=false", "checkpoint.enabled=false", "train.batch_size=16"]  # fmt: skip
 
 
-def _run(tmp: Path, name: str, devices: int, *extra: str) -> list[dict]:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "disabled",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}  # fmt: skip
+def _run(tmp: Path, name: str, devices: int | None, *extra: str) -> list[dict]:
+    """train.py in a process with ``devices`` CPU devices (None: as many as ``train.cpu_devices`` asks for)."""
+    flags = "" if devices is None else f"--xla_force_host_platform_device_count={devices}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "disabled", "XLA_FLAGS": flags}
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), *ARGS, *extra, f"hydra.run.dir={name}"], cwd=tmp,
                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
+    (tmp / name / "stdout.txt").write_text(out.stdout)
     return [json.loads(line) for line in (tmp / name / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -79,3 +81,17 @@ def test_sharded_over_8_host_devices_equals_one_device(tmp_path):
             np.testing.assert_allclose(x["loss"], y["loss"], rtol=1e-4)
     coords = {(r["seed"], r["lr"]) for r in one}
     assert coords == {(s, lr) for s in range(4) for lr in (0.001, 0.003)}
+
+
+def test_cpu_devices_splits_the_host_and_gives_the_same_numbers(tmp_path):
+    """train.cpu_devices=2 makes two CPU devices (each member's batch split over them, members run one after
+    another by lax.map on each): the numbers of one device, and the run says where it ran."""
+    one = _run(tmp_path, "one", 1, "train.seeds=[0,1]")
+    two = _run(tmp_path, "two", None, "train.seeds=[0,1]", "train.cpu_devices=2", "train.member_loop=map")
+    assert "on 2 device(s): members split 2 way(s)" in (tmp_path / "two" / "stdout.txt").read_text()
+    vmapped = _run(tmp_path, "vmapped", 1, "train.seeds=[0,1]", "train.member_loop=vmap")
+    for other in (two, vmapped):
+        assert len(one) == len(other)
+        for x, y in zip(one, other, strict=True):
+            assert (x["step"], x["probe"], x["seed"]) == (y["step"], y["probe"], y["seed"])
+            np.testing.assert_allclose(x["loss"], y["loss"], rtol=1e-4)
