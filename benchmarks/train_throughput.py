@@ -197,7 +197,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=100, help="steps per timed call")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls; the median is reported")
     ap.add_argument("--no-baseline", action="store_true")
-    ap.add_argument("--cpu-devices", type=int, default=0, help="JAX devices to split a CPU host into (0: per core)")
+    ap.add_argument("--cpu-devices", type=int, default=1, help="JAX devices to split a CPU host into (0: per core)")
     ap.add_argument("--member-loop", default="auto", choices=["auto", "vmap", "map"])
     args = ap.parse_args()
     use_cpu_devices(args.cpu_devices)

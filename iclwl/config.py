@@ -76,8 +76,9 @@ class TrainConfig:
     # (best on CPU, where the batched backward costs more than it saves); 'auto' picks by the device platform
     member_loop: Literal["auto", "vmap", "map"] = "auto"
     # CPU only: split the host into this many JAX devices, so members (or one member's batch) get a core each;
-    # 0 = one per core, at most 8. It applies when a process first uses JAX (see iclwl.sharding.use_cpu_devices)
-    cpu_devices: int = 0
+    # 0 = one per core, at most 8. Experimental, so 1 by default: one default run with 2 devices stopped in a
+    # stuck all-reduce (docs/benchmarks.md). Applies when a process first uses JAX (iclwl.sharding.use_cpu_devices)
+    cpu_devices: int = 1
 
 
 @dataclass(frozen=True)
