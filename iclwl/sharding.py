@@ -7,7 +7,8 @@ replicated. Inside the step, each member's batch is split along ``batch`` (``wit
 code runs on one CPU (a 1 x 1 mesh: nothing moves), several GPUs or a TPU host; XLA inserts the communication.
 
 A CPU host can be split into several JAX devices (``use_cpu_devices``, ``train.cpu_devices``): with a device per
-core, members run on their own cores instead of sharing every small matrix product between threads.
+core, members run on their own cores instead of sharing every small matrix product between threads. Experimental:
+with checkpoints on, such runs stopped in a stuck all-reduce, so validation asks for checkpoints off.
 """
 
 from __future__ import annotations
