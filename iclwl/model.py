@@ -160,10 +160,6 @@ class Transformer(nnx.Module):
         in_width = features if self.label_in is not None else features + n_labels
         self.fuse_first = cfg.n_layers > 0 and cfg.layernorm != "pre" and in_width <= d
 
-    def embed(self, items: jax.Array, labels: jax.Array) -> jax.Array:
-        """(B, L+1, D) items and (B, L+1) labels -> (B, T, d) tokens (``embed_tokens``)."""
-        return embed_tokens(self.item_in, self.label_in, self.n_labels, self.encoder(items), labels)
-
     def position_table(self) -> jax.Array | None:
         """(n_positions, d): what each position adds to its token (None for rotary and no positions)."""
         if self.pos_in is not None:

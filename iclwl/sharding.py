@@ -57,21 +57,21 @@ class Layout:
 MAX_AUTO_CPU_DEVICES = 8
 
 
-def use_cpu_devices(n: int) -> int:
-    """Split the CPU into ``n`` JAX devices (0: one per core available to this process, at most 8) and return the
-    number asked for. JAX fixes the count when it first runs anything, so this only applies before that; it also
-    leaves alone a count chosen already (``jax_num_cpu_devices``, or ``XLA_FLAGS``'s
-    ``--xla_force_host_platform_device_count``). An explicit ``n`` that cannot apply is reported, not fatal."""
+def use_cpu_devices(n: int) -> None:
+    """Split the CPU into ``n`` JAX devices (0: one per core available to this process, at most 8).
+
+    JAX fixes the count when it first runs anything, so this only applies before that; it also leaves alone a
+    count chosen already (``jax_num_cpu_devices``, or ``XLA_FLAGS``'s ``--xla_force_host_platform_device_count``).
+    An explicit ``n`` that cannot apply is reported, not fatal."""
     want = n or min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
                     MAX_AUTO_CPU_DEVICES)  # fmt: skip
     chosen = jax.config.jax_num_cpu_devices != -1 or "host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
     if not chosen:
         try:
             jax.config.update("jax_num_cpu_devices", want)
-            return want
+            return
         except RuntimeError:  # JAX is running already
             pass
     if n and len(jax.devices("cpu")) != n:
         warnings.warn(f"train.cpu_devices={n} not applied: this process already has {len(jax.devices('cpu'))} "
                       "CPU device(s) (JAX started, or the count was chosen elsewhere)", stacklevel=2)  # fmt: skip
-    return want
