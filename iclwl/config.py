@@ -72,8 +72,9 @@ class TrainConfig:
     resume: str | None = None  # a run directory to continue (a run also continues in its own directory)
     max_members: int = 0  # members per compiled program; 0 = as many as fit (measured), the rest in more groups
     memory_fraction: float = 0.9  # of the devices' free memory that one group's programs may use
-    # members sharing a device: 'vmap' batches them (best on accelerators), 'map' runs them one after another
-    # (best on CPU, where the batched backward costs more than it saves); 'auto' picks by the device platform
+    # members sharing a device: 'vmap' batches them (accelerators), 'map' runs them one after another; 'auto' is
+    # 'map' on CPU, where it was faster for the Reddy model and slightly slower for the default one
+    # (docs/benchmarks.md)
     member_loop: Literal["auto", "vmap", "map"] = "auto"
     # CPU only: split the host into this many JAX devices, so members (or one member's batch) get a core each;
     # 0 = one per core, at most 8. Experimental, so 1 by default: with checkpoints on, runs on 2 devices stopped in

@@ -84,8 +84,8 @@ def test_sharded_over_8_host_devices_equals_one_device(tmp_path):
 
 
 def test_cpu_devices_splits_the_host_and_gives_the_same_numbers(tmp_path):
-    """train.cpu_devices=2 makes two CPU devices (each member's batch split over them, members run one after
-    another by lax.map on each): the numbers of one device, and the run says where it ran."""
+    """train.cpu_devices=2 makes two CPU devices (the two members, one on each): the numbers of one device, and
+    the run says where it ran; members batched by vmap give the numbers of members run one after another too."""
     one = _run(tmp_path, "one", 1, "train.seeds=[0,1]")
     two = _run(tmp_path, "two", None, "train.seeds=[0,1]", "train.cpu_devices=2", "train.member_loop=map")
     assert "on 2 device(s): members split 2 way(s)" in (tmp_path / "two" / "stdout.txt").read_text()
