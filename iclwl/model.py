@@ -11,6 +11,7 @@ Items enter through a linear projection and labels through an embedding. With ``
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable
@@ -66,6 +67,49 @@ def embed_tokens(item_map: Callable, label_map: Callable | None, n_labels: int, 
     return jnp.concatenate([pairs, x[:, -1:]], axis=1)  # (B, 2L+1, w)
 
 
+@dataclasses.dataclass(frozen=True)
+class Deferred:
+    """The tokens after an attention-only layer, ``h_t = x_t + (sum_s a_ts v_s) W + b``, kept in parts.
+
+    Held are the layer's input x, its attention weights a and values v (per head) and its output projection
+    (W, b). The last layer reads only a few query rows, and what it needs of every token is a dot product with
+    each query (for a softmax) and a weighted mean (``Attention.reads_inputs``). Both can be taken part by part,
+    so the mixing ``a v`` and the projection by W are applied to those few rows only, never to all T tokens.
+    """
+
+    base: jax.Array  # (B, T, d) the layer's input x
+    weights: jax.Array  # (B, H, T, T) its attention weights a, rows summing to one
+    values: jax.Array  # (B, T, H, dh) its values v
+    W: jax.Array  # (d, d)
+    b: jax.Array  # (d,)
+
+    def at(self, rows: jax.Array) -> jax.Array:
+        """(B, R, d): the tokens at ``rows``."""
+        mixed = jnp.einsum("bhrs,bshe->brhe", self.weights[:, :, rows], self.values)
+        return self.base[:, rows] + mixed.reshape(*mixed.shape[:2], -1) @ self.W + self.b
+
+    def scores(self, u: jax.Array) -> jax.Array:
+        """(B, R, G, d) vectors -> (B, G, R, T) their dot products with every token, less ``u . b``.
+
+        ``u . b`` is the same for every token, so a softmax over tokens never sees it (and its gradient would
+        be round-off only)."""
+        B, R, G, _ = u.shape
+        H, dh = self.values.shape[2:]
+        uv = jnp.einsum("brghe,bshe->bgrhs", (u @ self.W.T).reshape(B, R, G, H, dh), self.values)
+        return jnp.einsum("brgd,btd->bgrt", u, self.base) + jnp.einsum("bgrhs,bhts->bgrt", uv, self.weights)
+
+    def mean(self, w: jax.Array) -> jax.Array:
+        """(B, G, R, T) weights, each row summing to one -> (B, R, G, d) the weighted means of the tokens."""
+        through = jnp.einsum("bgrt,bhts->bgrhs", w, self.weights)  # weight of each value, through both layers
+        mixed = jnp.einsum("bgrhs,bshe->brghe", through, self.values)
+        mixed = mixed.reshape(*mixed.shape[:3], -1)  # (B, R, G, d)
+        return jnp.einsum("bgrt,btd->brgd", w, self.base) + mixed @ self.W + self.b
+
+
+def _rows(x: jax.Array | Deferred, rows: jax.Array) -> jax.Array:
+    return x.at(rows) if isinstance(x, Deferred) else x[:, rows]
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.n_heads, self.rotary = cfg.n_heads, cfg.pos == "rotary"
@@ -73,34 +117,74 @@ class Attention(nnx.Module):
         # amplify into lr-sized steps (and members of an ensemble would drift from their single runs)
         self.qkv = nnx.Linear(cfg.d_model, 3 * cfg.d_model, use_bias=False, rngs=rngs)
         self.out = nnx.Linear(cfg.d_model, cfg.d_model, rngs=rngs)
+        # rotary positions rotate the projected keys, so only they must project every token
+        self.can_read_inputs = not self.rotary
 
-    def __call__(self, x: jax.Array | None, positions: jax.Array, rows: jax.Array | None = None,
+    def reads_inputs(self, T: int, R: int) -> bool:
+        """Whether R query rows of T tokens take the path that projects no keys or values (``_attend_inputs``).
+
+        Projecting keys and values costs about ``2 T d^2`` multiply-adds a sequence; reading the inputs
+        ``2 H T R d + 2 R d^2`` more than the queries alone. So the path pays when a few rows are read.
+        """
+        d = self.qkv.kernel.value.shape[0]
+        return self.can_read_inputs and self.n_heads * T * R + R * d < T * d
+
+    def __call__(self, x: jax.Array | Deferred, positions: jax.Array, rows: jax.Array | None = None,
                  qkv: jax.Array | None = None):  # fmt: skip
         """Causal self-attention of (B, T, d) tokens; with ``rows``, outputs only for those query tokens.
 
         ``qkv`` (B, T, 3d), when given, is the projection of the tokens, computed by the caller (the first
-        layer's comes from projected embedding tables, see ``Transformer.first_projection``); ``x`` is not read.
+        layer's comes from projected embedding tables, see ``Transformer.first_projection``). ``x`` may be
+        ``Deferred`` when ``reads_inputs``.
         """
+        T = positions.shape[1]
+        rows = jnp.arange(T) if rows is None else rows
+        if self.reads_inputs(T, rows.shape[0]):
+            y, weights = self._attend_inputs(x, rows)
+        else:
+            weights, v = self.weights_values(x, positions, rows, qkv)
+            y = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        return self.out(y.reshape(*y.shape[:2], -1)), weights
+
+    def weights_values(self, x: jax.Array, positions: jax.Array, rows: jax.Array, qkv: jax.Array | None = None):
+        """Attention weights (B, H, R, T) of the query ``rows``, and the values (B, T, H, dh) of every token."""
         B, T = positions.shape
         W = self.qkv.kernel.value  # (d, 3d): queries, keys, values
-        d = W.shape[0]
+        d, R = W.shape[0], rows.shape[0]
         H, dh = self.n_heads, d // self.n_heads
-        rows = jnp.arange(T) if rows is None else rows
-        if qkv is None and rows.shape[0] == T:
+        if qkv is None and R == T:
             qkv = x @ W
         if qkv is not None:
             q, kv = qkv[:, rows, :d], qkv[..., d:]
         else:  # keys and values of every token, queries only of the rows asked for
             q, kv = x[:, rows] @ W[:, :d], x @ W[:, d:]
-        q, q_pos = q.reshape(B, rows.shape[0], H, dh), positions[:, rows]  # (B, R, H, dh)
+        q, q_pos = q.reshape(B, R, H, dh), positions[:, rows]  # (B, R, H, dh)
         k, v = jnp.split(kv.reshape(B, T, 2 * H, dh), 2, axis=2)  # (B, T, H, dh) each
         if self.rotary:
             q, k = rotate(q, q_pos), rotate(k, positions)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(dh)  # (B, H, R, T)
         causal = rows[:, None] >= jnp.arange(T)[None, :]  # (R, T)
+        return jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1), v
+
+    def _attend_inputs(self, x: jax.Array | Deferred, rows: jax.Array):
+        """The attention of a few query rows, without projecting the keys and values of every token.
+
+        A score is ``q . (x_t W_k) = (q W_k^T) . x_t`` and the output ``sum_t w_t x_t W_v = (sum_t w_t x_t) W_v``,
+        so only the R query rows meet the kernels. Returns the output (B, R, H, dh) before its projection, and
+        the weights.
+        """
+        W = self.qkv.kernel.value
+        T = x.base.shape[1] if isinstance(x, Deferred) else x.shape[1]
+        d = W.shape[0]
+        H, dh = self.n_heads, d // self.n_heads
+        Wq, Wk, Wv = (w.reshape(d, H, dh) for w in jnp.split(W, 3, axis=1))
+        q = jnp.einsum("brd,dhe->brhe", _rows(x, rows), Wq)  # (B, R, H, dh)
+        qk = jnp.einsum("brhe,dhe->brhd", q, Wk) / math.sqrt(dh)  # (B, R, H, d): each query read in input space
+        scores = x.scores(qk) if isinstance(x, Deferred) else jnp.einsum("brhd,btd->bhrt", qk, x)  # (B, H, R, T)
+        causal = rows[:, None] >= jnp.arange(T)[None, :]
         weights = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
-        y = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(B, rows.shape[0], d)
-        return self.out(y), weights
+        mixed = x.mean(weights) if isinstance(x, Deferred) else jnp.einsum("bhrt,btd->brhd", weights, x)
+        return jnp.einsum("brhd,dhe->brhe", mixed, Wv), weights
 
 
 class MLP(nnx.Module):
@@ -122,12 +206,17 @@ class Block(nnx.Module):
         self.ln2 = nnx.LayerNorm(d, rngs=rngs) if self.pre_ln and hidden else None
         self.mlp = MLP(d, hidden, d, rngs=rngs) if hidden else None
 
-    def __call__(self, x: jax.Array, positions: jax.Array, rows: jax.Array | None = None,
-                 qkv: jax.Array | None = None):  # fmt: skip
+    def __call__(self, x: jax.Array | Deferred, positions: jax.Array, rows: jax.Array | None = None,
+                 qkv: jax.Array | None = None, defer: bool = False):  # fmt: skip
         """(B, T, d) -> (B, R, d) at the token indices ``rows`` (all tokens when None), and attention weights.
-        ``qkv``: the attention's projection of ``x``, when the caller has it (only without ``ln1``)."""
+        ``qkv``: the attention's projection of ``x``, when the caller has it (only without ``ln1``).
+        ``defer``: for an attention-only block without LayerNorm, return the ``Deferred`` tokens (the mixing of
+        values and the output projection left to the next block's few rows)."""
+        if defer:
+            weights, v = self.attn.weights_values(x, positions, jnp.arange(positions.shape[1]), qkv)
+            return Deferred(x, weights, v, self.attn.out.kernel.value, self.attn.out.bias.value), weights
         h, weights = self.attn(self.ln1(x) if self.ln1 else x, positions, rows, qkv)
-        x = (x if rows is None else x[:, rows]) + h
+        x = (x if rows is None else _rows(x, rows)) + h
         if self.mlp is not None:
             x = x + self.mlp(self.ln2(x) if self.ln2 else x)
         return x, weights
@@ -211,9 +300,14 @@ class Transformer(nnx.Module):
         read = jnp.arange(0, T, 2) if self.label_in is not None else jnp.arange(T)  # item tokens
         if query_only:
             read = read[-1:]
+        n = len(self.blocks)
+        # the last block reads a few rows: the one before it, when attention-only, need not project its output
+        defer = (n > 1 and not return_attention and self.blocks[-2].mlp is None and self.blocks[-2].ln1 is None
+                 and self.blocks[-1].ln1 is None and self.blocks[-1].attn.reads_inputs(T, read.shape[0]))  # fmt: skip
         for i, block in enumerate(self.blocks):
-            last = i == len(self.blocks) - 1
-            h, w = block(h, positions, read if last and not return_attention else None, qkv if i == 0 else None)
+            last = i == n - 1
+            rows = read if last and not return_attention else None
+            h, w = block(h, positions, rows, qkv if i == 0 else None, defer=defer and i == n - 2)
             attention.append(w)
         if return_attention:
             h = h[:, read]

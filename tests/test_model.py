@@ -92,6 +92,44 @@ def test_first_layer_from_projected_tables_matches_projecting_tokens(cfg, query_
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+READS_INPUTS = [
+    ModelConfig(pos="onehot", layernorm="none", max_offset=5, mlp_ratio=0.0, readout_hidden=(16,)),  # Reddy 2023
+    ModelConfig(pos="learned", layernorm="none", mlp_ratio=0.0, n_heads=4, d_model=32, n_layers=3),
+    ModelConfig(pos="sinusoidal", layernorm="none", mlp_ratio=0.0, n_heads=2, n_layers=1),
+    ModelConfig(pos="learned", layernorm="pre", n_heads=2),  # LayerNorm: the last layer reads, nothing deferred
+    ModelConfig(pos="none", layernorm="none", mlp_ratio=2.0, n_heads=2),  # an MLP: nothing deferred
+    ModelConfig(tokens="concat", pos="learned", layernorm="none", mlp_ratio=0.0, n_heads=2),
+]
+
+
+@pytest.mark.parametrize("cfg", READS_INPUTS, ids=lambda c: f"{c.pos}-{c.tokens}-{c.layernorm}-{c.n_layers}")
+def test_last_layer_reading_its_inputs_matches_projecting_every_token(cfg):
+    """The last attention of a query-only pass projects no keys or values of other tokens (and after an
+    attention-only layer, that layer's mixing and output projection wait for the query row): logits and
+    every gradient match the plain path up to rounding."""
+    model = make(cfg)
+    T = 2 * L + 1 if cfg.tokens == "interleaved" else L + 1
+    assert model.blocks[-1].attn.reads_inputs(T, 1) and not model.blocks[-1].attn.reads_inputs(T, T)
+    items, labels = inputs(3)
+    offset = jnp.array([0, 3, 5]) if cfg.max_offset else None
+    graphdef, params = nnx.split(model)
+
+    def loss(p, reads):
+        m = nnx.merge(graphdef, p)
+        for block in m.blocks:
+            block.attn.can_read_inputs = reads
+        logits = m(items, labels, offset, query_only=True)
+        return jnp.sum(jnp.sin(3 * logits)), logits
+
+    (_, read), g_read = jax.value_and_grad(loss, has_aux=True)(params, True)
+    (_, plain), g_plain = jax.value_and_grad(loss, has_aux=True)(params, False)
+    np.testing.assert_allclose(read, plain, rtol=1e-5, atol=1e-5)
+    leaves = jax.tree.leaves(g_read)
+    assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
+    for a, b in zip(leaves, jax.tree.leaves(g_plain), strict=True):  # to rounding, relative to each array's scale
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(jnp.abs(b).max())))
+
+
 def test_attention_weights_are_causal_distributions():
     model = make(ModelConfig(n_layers=3, n_heads=2))
     items, labels = inputs()
