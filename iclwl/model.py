@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from iclwl.config import ModelConfig
@@ -83,7 +84,7 @@ class Deferred:
     W: jax.Array  # (d, d)
     b: jax.Array  # (d,)
 
-    def at(self, rows: jax.Array) -> jax.Array:
+    def at(self, rows: slice) -> jax.Array:
         """(B, R, d): the tokens at ``rows``."""
         mixed = jnp.einsum("bhrs,bshe->brhe", self.weights[:, :, rows], self.values)
         return self.base[:, rows] + mixed.reshape(*mixed.shape[:2], -1) @ self.W + self.b
@@ -106,8 +107,13 @@ class Deferred:
         return jnp.einsum("bgrt,btd->brgd", w, self.base) + mixed @ self.W + self.b
 
 
-def _rows(x: jax.Array | Deferred, rows: jax.Array) -> jax.Array:
+def _rows(x: jax.Array | Deferred, rows: slice) -> jax.Array:
     return x.at(rows) if isinstance(x, Deferred) else x[:, rows]
+
+
+def _causal(rows: slice, T: int) -> np.ndarray:
+    """(R, T) bool: which tokens each query row may attend to (itself and those before it)."""
+    return np.arange(T)[rows][:, None] >= np.arange(T)[None, :]
 
 
 class Attention(nnx.Module):
@@ -129,28 +135,27 @@ class Attention(nnx.Module):
         d = self.qkv.kernel.value.shape[0]
         return self.can_read_inputs and self.n_heads * T * R + R * d < T * d
 
-    def __call__(self, x: jax.Array | Deferred, positions: jax.Array, rows: jax.Array | None = None,
+    def __call__(self, x: jax.Array | Deferred, positions: jax.Array, rows: slice = slice(None),
                  qkv: jax.Array | None = None):  # fmt: skip
-        """Causal self-attention of (B, T, d) tokens; with ``rows``, outputs only for those query tokens.
+        """Causal self-attention of (B, T, d) tokens; outputs only for the query tokens ``rows`` (a slice).
 
         ``qkv`` (B, T, 3d), when given, is the projection of the tokens, computed by the caller (the first
         layer's comes from projected embedding tables, see ``Transformer.first_projection``). ``x`` may be
         ``Deferred`` when ``reads_inputs``.
         """
         T = positions.shape[1]
-        rows = jnp.arange(T) if rows is None else rows
-        if self.reads_inputs(T, rows.shape[0]):
+        if self.reads_inputs(T, len(range(T)[rows])):
             y, weights = self._attend_inputs(x, rows)
         else:
             weights, v = self.weights_values(x, positions, rows, qkv)
             y = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         return self.out(y.reshape(*y.shape[:2], -1)), weights
 
-    def weights_values(self, x: jax.Array, positions: jax.Array, rows: jax.Array, qkv: jax.Array | None = None):
+    def weights_values(self, x: jax.Array, positions: jax.Array, rows: slice, qkv: jax.Array | None = None):
         """Attention weights (B, H, R, T) of the query ``rows``, and the values (B, T, H, dh) of every token."""
         B, T = positions.shape
         W = self.qkv.kernel.value  # (d, 3d): queries, keys, values
-        d, R = W.shape[0], rows.shape[0]
+        d, R = W.shape[0], len(range(T)[rows])
         H, dh = self.n_heads, d // self.n_heads
         if qkv is None and R == T:
             qkv = x @ W
@@ -163,10 +168,9 @@ class Attention(nnx.Module):
         if self.rotary:
             q, k = rotate(q, q_pos), rotate(k, positions)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(dh)  # (B, H, R, T)
-        causal = rows[:, None] >= jnp.arange(T)[None, :]  # (R, T)
-        return jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1), v
+        return jax.nn.softmax(jnp.where(_causal(rows, T), scores, -jnp.inf), axis=-1), v
 
-    def _attend_inputs(self, x: jax.Array | Deferred, rows: jax.Array):
+    def _attend_inputs(self, x: jax.Array | Deferred, rows: slice):
         """The attention of a few query rows, without projecting the keys and values of every token.
 
         A score is ``q . (x_t W_k) = (q W_k^T) . x_t`` and the output ``sum_t w_t x_t W_v = (sum_t w_t x_t) W_v``,
@@ -181,8 +185,7 @@ class Attention(nnx.Module):
         q = jnp.einsum("brd,dhe->brhe", _rows(x, rows), Wq)  # (B, R, H, dh)
         qk = jnp.einsum("brhe,dhe->brhd", q, Wk) / math.sqrt(dh)  # (B, R, H, d): each query read in input space
         scores = x.scores(qk) if isinstance(x, Deferred) else jnp.einsum("brhd,btd->bhrt", qk, x)  # (B, H, R, T)
-        causal = rows[:, None] >= jnp.arange(T)[None, :]
-        weights = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
+        weights = jax.nn.softmax(jnp.where(_causal(rows, T), scores, -jnp.inf), axis=-1)
         mixed = x.mean(weights) if isinstance(x, Deferred) else jnp.einsum("bhrt,btd->brhd", weights, x)
         return jnp.einsum("brhd,dhe->brhe", mixed, Wv), weights
 
@@ -206,17 +209,17 @@ class Block(nnx.Module):
         self.ln2 = nnx.LayerNorm(d, rngs=rngs) if self.pre_ln and hidden else None
         self.mlp = MLP(d, hidden, d, rngs=rngs) if hidden else None
 
-    def __call__(self, x: jax.Array | Deferred, positions: jax.Array, rows: jax.Array | None = None,
+    def __call__(self, x: jax.Array | Deferred, positions: jax.Array, rows: slice = slice(None),
                  qkv: jax.Array | None = None, defer: bool = False):  # fmt: skip
-        """(B, T, d) -> (B, R, d) at the token indices ``rows`` (all tokens when None), and attention weights.
+        """(B, T, d) -> (B, R, d) at the tokens ``rows`` (a slice), and attention weights.
         ``qkv``: the attention's projection of ``x``, when the caller has it (only without ``ln1``).
         ``defer``: for an attention-only block without LayerNorm, return the ``Deferred`` tokens (the mixing of
         values and the output projection left to the next block's few rows)."""
         if defer:
-            weights, v = self.attn.weights_values(x, positions, jnp.arange(positions.shape[1]), qkv)
+            weights, v = self.attn.weights_values(x, positions, slice(None), qkv)
             return Deferred(x, weights, v, self.attn.out.kernel.value, self.attn.out.bias.value), weights
         h, weights = self.attn(self.ln1(x) if self.ln1 else x, positions, rows, qkv)
-        x = (x if rows is None else _rows(x, rows)) + h
+        x = _rows(x, rows) + h
         if self.mlp is not None:
             x = x + self.mlp(self.ln2(x) if self.ln2 else x)
         return x, weights
@@ -297,16 +300,17 @@ class Transformer(nnx.Module):
             h = h + jnp.take(table, positions, 0)
         qkv = self.first_projection(features, labels, positions) if self.fuse_first else None
         attention = []
-        read = jnp.arange(0, T, 2) if self.label_in is not None else jnp.arange(T)  # item tokens
+        read = slice(0, T, 2) if self.label_in is not None else slice(0, T)  # item tokens
         if query_only:
-            read = read[-1:]
+            read = slice(T - 1, T)
         n = len(self.blocks)
         # the last block reads a few rows: the one before it, when attention-only, need not project its output
+        n_read = len(range(T)[read])
         defer = (n > 1 and not return_attention and self.blocks[-2].mlp is None and self.blocks[-2].ln1 is None
-                 and self.blocks[-1].ln1 is None and self.blocks[-1].attn.reads_inputs(T, read.shape[0]))  # fmt: skip
+                 and self.blocks[-1].ln1 is None and self.blocks[-1].attn.reads_inputs(T, n_read))  # fmt: skip
         for i, block in enumerate(self.blocks):
             last = i == n - 1
-            rows = read if last and not return_attention else None
+            rows = read if last and not return_attention else slice(None)
             h, w = block(h, positions, rows, qkv if i == 0 else None, defer=defer and i == n - 2)
             attention.append(w)
         if return_attention:
