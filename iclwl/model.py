@@ -70,24 +70,30 @@ def embed_tokens(item_map: Callable, label_map: Callable | None, n_labels: int, 
 
 @dataclasses.dataclass(frozen=True)
 class Deferred:
-    """The tokens after an attention-only layer, ``h_t = x_t + (sum_s a_ts v_s) W + b``, kept in parts.
+    """The tokens after an attention-only layer, ``h_t = x_t + (sum_s a_ts x_s W_v) W + b``, kept in parts.
 
-    Held are the layer's input x, its attention weights a and values v (per head) and its output projection
-    (W, b). The last layer reads only a few query rows, and what it needs of every token is a dot product with
-    each query (for a softmax) and a weighted mean (``Attention.reads_inputs``). Both can be taken part by part,
-    so the mixing ``a v`` and the projection by W are applied to those few rows only, never to all T tokens.
+    Held are the layer's input x, its attention weights a (per head), its value kernel W_v and its output
+    projection (W, b). The last layer reads only a few query rows, and what it needs of every token is a dot
+    product with each query (for a softmax) and a weighted mean (``Attention.reads_inputs``). Both can be taken
+    part by part, so values, their mixing and the projection by W are computed for those few rows only, never
+    for all T tokens.
     """
 
     base: jax.Array  # (B, T, d) the layer's input x
     weights: jax.Array  # (B, H, T, T) its attention weights a, rows summing to one
-    values: jax.Array  # (B, T, H, dh) its values v
+    Wv: jax.Array  # (d, H, dh) its value kernel
     W: jax.Array  # (d, d)
     b: jax.Array  # (d,)
 
+    def _project(self, mixed: jax.Array) -> jax.Array:
+        """(..., H, d) per-head means of inputs -> (..., d) after the value kernel and the output projection."""
+        y = jnp.einsum("...hd,dhe->...he", mixed, self.Wv)
+        return y.reshape(*y.shape[:-2], -1) @ self.W
+
     def at(self, rows: slice) -> jax.Array:
         """(B, R, d): the tokens at ``rows``."""
-        mixed = jnp.einsum("bhrs,bshe->brhe", self.weights[:, :, rows], self.values)
-        return self.base[:, rows] + mixed.reshape(*mixed.shape[:2], -1) @ self.W + self.b
+        mixed = jnp.einsum("bhrs,bsd->brhd", self.weights[:, :, rows], self.base)
+        return self.base[:, rows] + self._project(mixed) + self.b
 
     def scores(self, u: jax.Array) -> jax.Array:
         """(B, R, G, d) vectors -> (B, G, R, T) their dot products with every token, less ``u . b``.
@@ -95,16 +101,17 @@ class Deferred:
         ``u . b`` is the same for every token, so a softmax over tokens never sees it (and its gradient would
         be round-off only)."""
         B, R, G, _ = u.shape
-        H, dh = self.values.shape[2:]
-        uv = jnp.einsum("brghe,bshe->bgrhs", (u @ self.W.T).reshape(B, R, G, H, dh), self.values)
+        H, dh = self.Wv.shape[1:]
+        # u . (x_s W_v,h) W_h = (u W_h^T W_v,h^T) . x_s: u read back through each head's value and projection
+        back = jnp.einsum("brghe,dhe->brghd", (u @ self.W.T).reshape(B, R, G, H, dh), self.Wv)
+        uv = jnp.einsum("brghd,bsd->bgrhs", back, self.base)
         return jnp.einsum("brgd,btd->bgrt", u, self.base) + jnp.einsum("bgrhs,bhts->bgrt", uv, self.weights)
 
     def mean(self, w: jax.Array) -> jax.Array:
         """(B, G, R, T) weights, each row summing to one -> (B, R, G, d) the weighted means of the tokens."""
-        through = jnp.einsum("bgrt,bhts->bgrhs", w, self.weights)  # weight of each value, through both layers
-        mixed = jnp.einsum("bgrhs,bshe->brghe", through, self.values)
-        mixed = mixed.reshape(*mixed.shape[:3], -1)  # (B, R, G, d)
-        return jnp.einsum("bgrt,btd->brgd", w, self.base) + mixed @ self.W + self.b
+        through = jnp.einsum("bgrt,bhts->bgrhs", w, self.weights)  # weight of each input, through both layers
+        mixed = jnp.einsum("bgrhs,bsd->brghd", through, self.base)
+        return jnp.einsum("bgrt,btd->brgd", w, self.base) + self._project(mixed) + self.b
 
 
 def _rows(x: jax.Array | Deferred, rows: slice) -> jax.Array:
@@ -116,27 +123,9 @@ def _causal(rows: slice, T: int) -> np.ndarray:
     return np.arange(T)[rows][:, None] >= np.arange(T)[None, :]
 
 
-@jax.custom_vjp
 def _masked_softmax(scores: jax.Array, mask: np.ndarray) -> jax.Array:
-    """Softmax over the last axis of the entries where ``mask`` holds (the rest get weight 0).
-
-    The same numbers and gradient as ``jax.nn.softmax(jnp.where(mask, scores, -inf))``; the gradient is written
-    out as ``w (g - sum(g w))``, which XLA's CPU backend runs faster than the derived one (a slow reduction
-    fusion in the backward pass of the Reddy 2023 model).
-    """
+    """Softmax over the last axis of the entries where ``mask`` holds (the rest get weight 0)."""
     return jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), axis=-1)
-
-
-def _masked_softmax_fwd(scores: jax.Array, mask: np.ndarray):
-    w = _masked_softmax(scores, mask)
-    return w, w
-
-
-def _masked_softmax_bwd(w: jax.Array, g: jax.Array):
-    return w * (g - jnp.sum(g * w, axis=-1, keepdims=True)), None  # masked entries: w = 0, so 0
-
-
-_masked_softmax.defvjp(_masked_softmax_fwd, _masked_softmax_bwd)
 
 
 class Attention(nnx.Module):
@@ -166,32 +155,36 @@ class Attention(nnx.Module):
         layer's comes from projected embedding tables, see ``Transformer.first_projection``). ``x`` may be
         ``Deferred`` when ``reads_inputs``.
         """
-        T = positions.shape[1]
+        B, T = positions.shape
         if self.reads_inputs(T, len(range(T)[rows])):
             y, weights = self._attend_inputs(x, rows)
         else:
-            weights, v = self.weights_values(x, positions, rows, qkv)
-            y = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+            W = self.qkv.kernel.value
+            d = W.shape[0]
+            weights = self.weights(x, positions, rows, qkv)
+            v = qkv[..., 2 * d :] if qkv is not None else x @ W[:, 2 * d :]
+            y = jnp.einsum("bhqk,bkhd->bqhd", weights, v.reshape(B, T, self.n_heads, -1))
         return self.out(y.reshape(*y.shape[:2], -1)), weights
 
-    def weights_values(self, x: jax.Array, positions: jax.Array, rows: slice, qkv: jax.Array | None = None):
-        """Attention weights (B, H, R, T) of the query ``rows``, and the values (B, T, H, dh) of every token."""
+    def weights(self, x: jax.Array, positions: jax.Array, rows: slice, qk: jax.Array | None = None) -> jax.Array:
+        """Attention weights (B, H, R, T) of the query ``rows`` over every token.
+
+        ``qk`` (B, T, >= 2d), when given, holds the queries and keys of the tokens in its first 2d columns."""
         B, T = positions.shape
         W = self.qkv.kernel.value  # (d, 3d): queries, keys, values
         d, R = W.shape[0], len(range(T)[rows])
         H, dh = self.n_heads, d // self.n_heads
-        if qkv is None and R == T:
-            qkv = x @ W
-        if qkv is not None:
-            q, kv = qkv[:, rows, :d], qkv[..., d:]
-        else:  # keys and values of every token, queries only of the rows asked for
-            q, kv = x[:, rows] @ W[:, :d], x @ W[:, d:]
-        q, q_pos = q.reshape(B, R, H, dh), positions[:, rows]  # (B, R, H, dh)
-        k, v = jnp.split(kv.reshape(B, T, 2 * H, dh), 2, axis=2)  # (B, T, H, dh) each
+        if qk is None and R == T:
+            qk = x @ W[:, : 2 * d]
+        if qk is not None:
+            q, k = qk[:, rows, :d], qk[..., d : 2 * d]
+        else:  # keys of every token, queries only of the rows asked for
+            q, k = x[:, rows] @ W[:, :d], x @ W[:, d : 2 * d]
+        q, k = q.reshape(B, R, H, dh), k.reshape(B, T, H, dh)
         if self.rotary:
-            q, k = rotate(q, q_pos), rotate(k, positions)
+            q, k = rotate(q, positions[:, rows]), rotate(k, positions)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(dh)  # (B, H, R, T)
-        return _masked_softmax(scores, _causal(rows, T)), v
+        return _masked_softmax(scores, _causal(rows, T))
 
     def _attend_inputs(self, x: jax.Array | Deferred, rows: slice):
         """The attention of a few query rows, without projecting the keys and values of every token.
@@ -239,8 +232,11 @@ class Block(nnx.Module):
         ``defer``: for an attention-only block without LayerNorm, return the ``Deferred`` tokens (the mixing of
         values and the output projection left to the next block's few rows)."""
         if defer:
-            weights, v = self.attn.weights_values(x, positions, slice(None), qkv)
-            return Deferred(x, weights, v, self.attn.out.kernel.value, self.attn.out.bias.value), weights
+            weights = self.attn.weights(x, positions, slice(None), qkv)
+            kernel, H = self.attn.qkv.kernel.value, self.attn.n_heads
+            d = kernel.shape[0]
+            Wv = kernel[:, 2 * d :].reshape(d, H, d // H)
+            return Deferred(x, weights, Wv, self.attn.out.kernel.value, self.attn.out.bias.value), weights
         h, weights = self.attn(self.ln1(x) if self.ln1 else x, positions, rows, qkv)
         x = _rows(x, rows) + h
         if self.mlp is not None:
@@ -283,15 +279,17 @@ class Transformer(nnx.Module):
             return sinusoidal(jnp.arange(self.n_positions), self.cfg.d_model)
         return None
 
-    def first_projection(self, features: jax.Array, labels: jax.Array, positions: jax.Array) -> jax.Array:
-        """(B, T, 3d): the first attention's q, k, v of every token, without projecting the tokens.
+    def first_projection(self, features: jax.Array, labels: jax.Array, positions: jax.Array, columns: int
+                         ) -> jax.Array:  # fmt: skip
+        """(B, T, columns): the first attention's q, k (and v, for 3d columns) of every token, without
+        projecting the tokens.
 
         A token is ``item_in(x) + position`` or ``label_in(y) + position``, so its projection by the kernel W is
         a sum of rows of ``E_label W`` and ``E_position W`` and of ``x (W_in W) + b_in W``. The numbers are the
         projection of the tokens (up to rounding); the FLOPs, forward and backward, are about half for the
         Reddy 2023 model, where half the tokens are labels and items have 63 features for d = 128.
         """
-        W = self.blocks[0].attn.qkv.kernel.value
+        W = self.blocks[0].attn.qkv.kernel.value[:, :columns]
         item_in = self.item_in
         item_map = lambda x: x @ (item_in.kernel.value @ W) + item_in.bias.value @ W
         label_map = None if self.label_in is None else lambda y: jnp.take(self.label_in.embedding.value @ W, y, 0)
@@ -321,16 +319,20 @@ class Transformer(nnx.Module):
         table = self.position_table()
         if table is not None:
             h = h + jnp.take(table, positions, 0)
-        qkv = self.first_projection(features, labels, positions) if self.fuse_first else None
-        attention = []
         read = slice(0, T, 2) if self.label_in is not None else slice(0, T)  # item tokens
         if query_only:
             read = slice(T - 1, T)
         n = len(self.blocks)
-        # the last block reads a few rows: the one before it, when attention-only, need not project its output
+        # the last block reads a few rows: the one before it, when attention-only, need not compute its values
+        # or project its output for every token (``Deferred``)
         n_read = len(range(T)[read])
         defer = (n > 1 and not return_attention and self.blocks[-2].mlp is None and self.blocks[-2].ln1 is None
                  and self.blocks[-1].ln1 is None and self.blocks[-1].attn.reads_inputs(T, n_read))  # fmt: skip
+        qkv = None
+        if self.fuse_first:
+            d = self.cfg.d_model
+            qkv = self.first_projection(features, labels, positions, 2 * d if defer and n == 2 else 3 * d)
+        attention = []
         for i, block in enumerate(self.blocks):
             last = i == n - 1
             rows = read if last and not return_attention else slice(None)
