@@ -4,10 +4,11 @@ A run is a function of its seeds. Each member's seed splits once into three name
 init (parameters), data (batch t is ``sample_batch(task, fold_in(data, t))``) and eval (the probe sets). The
 step counter is the whole data state, so any batch can be regenerated and a resumed run is exact.
 
-``chunk`` is ``jit(scan over S steps (members (train step)))``: members are batched by ``vmap`` on accelerators
-and run one after another by ``lax.map`` on CPU (``train.member_loop``). S is fixed, so it compiles once, and
-steps past ``stop`` are skipped (``lax.cond`` on the unbatched step counter), so a chunk can end exactly at an
-evaluation step. ``evaluate`` runs every probe for every member. Metrics leave the device once per call.
+``chunk`` is ``jit(members (scan over S steps (train step)))``: members are batched by ``vmap`` on accelerators
+and run one after another by ``lax.map`` on CPU, each for the whole chunk (``train.member_loop``). S is fixed,
+so it compiles once, and steps past ``stop`` are skipped (``lax.cond`` on the unbatched step counter), so a
+chunk can end exactly at an evaluation step. ``evaluate`` runs every probe for every member. Metrics leave the
+device once per call.
 """
 
 from __future__ import annotations
@@ -201,27 +202,27 @@ class Ensemble:
     # ---- all members, many steps
     def _chunk(self, uni: Universe, state: TrainState, mem: MemberInputs, t0, stop, n: int):
         """Train steps t0+1 .. stop (at most n) for every member."""
+
+        def member_chunk(s: TrainState, m: MemberInputs):  # one member, every step of the chunk
+            def body(carry, _):
+                s, t = carry
+                active = t < stop
+                idle = lambda s: (s, jnp.float32(0), jnp.float32(0), jnp.bool_(False))
+                s, loss, acc, took = jax.lax.cond(active, lambda s: self._step_member(uni, s, m, t), idle, s)
+                return (s, t + active.astype(t.dtype)), ChunkOutput(loss, acc, took)
+
+            (s, _), out = jax.lax.scan(body, (s, t0), None, length=n)
+            return s, out
+
         mesh = self.prog.mesh
         axis = "members" if mesh is not None else None
-        M = mem.data_key.shape[0]
         if self.prog.train.member_loop == "vmap":
-            step_all = jax.vmap(self._step_member, in_axes=(None, 0, 0, None), spmd_axis_name=axis)
-        else:  # 'map': the members of each device one after another (g devices along the member axis)
+            state, out = jax.vmap(member_chunk, spmd_axis_name=axis)(state, mem)
+        else:  # 'map': on each device (g along the member axis) its members one after another, each for the chunk
+            M = mem.data_key.shape[0]
             g = mesh.shape["members"] if mesh is not None else 1
             split = lambda x: x.reshape(g, M // g, *x.shape[1:])
             join = lambda x: x.reshape(M, *x.shape[2:])
-
-            def step_all(uni, s, mem, t):
-                one = lambda sm: self._step_member(uni, *sm, t)
-                per_device = jax.vmap(lambda s, m: jax.lax.map(one, (s, m)), spmd_axis_name=axis)
-                return jax.tree.map(join, per_device(jax.tree.map(split, s), jax.tree.map(split, mem)))
-
-        def body(carry, _):
-            state, t = carry
-            active = t < stop
-            idle = lambda s: (s, jnp.zeros(M), jnp.zeros(M), jnp.zeros(M, bool))
-            state, loss, acc, took = jax.lax.cond(active, lambda s: step_all(uni, s, mem, t), idle, state)
-            return (state, t + active.astype(t.dtype)), ChunkOutput(loss, acc, took)
-
-        (state, _), out = jax.lax.scan(body, (state, t0), None, length=n)
-        return state, out
+            per_device = jax.vmap(lambda s, m: jax.lax.map(lambda sm: member_chunk(*sm), (s, m)), spmd_axis_name=axis)
+            state, out = jax.tree.map(join, per_device(jax.tree.map(split, state), jax.tree.map(split, mem)))
+        return state, jax.tree.map(lambda x: x.T, out)  # (M, S) -> (S, M)
