@@ -7,6 +7,11 @@ Tokens (interleaved, the default)::
 
 Items enter through a linear projection and labels through an embedding. With ``tokens='concat'`` each
 (item, label) pair is one token ``[x_i ; onehot(y_i)]`` and the query is ``[x_q ; 0]`` (T = L + 1).
+
+Training on the query alone (``query_only``) takes cheaper paths to the same numbers: the last attention projects
+no keys or values (``Attention.reads_inputs``), and an attention-only layer before it leaves its values and output
+projection to the query row (``Deferred``); without a LayerNorm, the first layer's q, k, v come from projected
+embedding tables (``Transformer.first_projection``).
 """
 
 from __future__ import annotations
