@@ -3,7 +3,8 @@
 For each setting and ensemble size M it prints steps/s (of the whole ensemble), member-steps/s, sequences/s,
 compile time, and model FLOP/s, with the ratio to a large fp32 matmul timed in the same run (this machine's
 practical peak). The baseline is what a one-off script does: batches generated with NumPy on the host and a
-jitted train step called once per batch (one member).
+jitted train step called once per batch (one member). The timed calls of the ensemble sizes alternate, so a
+drift in the host's speed does not bias the ratio of M = 8 to M = 1.
 
     python benchmarks/train_throughput.py                      # both settings, M = 1, 8, 32
     python benchmarks/train_throughput.py --settings reddy2023 --members 1 --repeats 5
@@ -94,27 +95,41 @@ def model_flops(cfg: Config) -> float:
     return float(cost["flops"])
 
 
-def bench_library(cfg: Config, M: int, chunk: int, repeats: int, member_loop: str) -> dict:
-    train = dataclasses.replace(cfg.train, seeds=tuple(range(M)), member_loop=member_loop)
-    cfg = validate_config(dataclasses.replace(cfg, train=train))
-    st = ensemble_static(cfg)
-    layout = Layout.for_members(M, cfg.train.batch_size)  # as iclwl.groups places a run
-    ens = compiled(Program.of(cfg, st, layout.mesh))
-    uni = layout.put_replicated(make_universe(st))
-    init, mem = member_inputs(cfg)
-    state, mem = ens.init(layout.put_members(init)), layout.put_members(mem)
-    t = time.perf_counter()
-    state, out = ens.chunk(uni, state, mem, jnp.int32(0), jnp.int32(chunk), n=chunk)
-    jax.block_until_ready(out)
-    compile_s = time.perf_counter() - t
-    times = []
+def bench_library(cfg: Config, members: list[int], chunk: int, repeats: int, member_loop: str) -> dict[int, dict]:
+    """steps/s and compile time of the library for each ensemble size. The sizes' timed calls alternate (size 1,
+    size 8, ..., then again), so a drift in the host's speed reaches every size alike and their ratios hold."""
+    runs = {}
+    for M in members:
+        train = dataclasses.replace(cfg.train, seeds=tuple(range(M)), member_loop=member_loop)
+        c = validate_config(dataclasses.replace(cfg, train=train))
+        st = ensemble_static(c)
+        layout = Layout.for_members(M, c.train.batch_size)  # as iclwl.groups places a run
+        ens = compiled(Program.of(c, st, layout.mesh))
+        uni = layout.put_replicated(make_universe(st))
+        init, mem = member_inputs(c)
+        state, mem = ens.init(layout.put_members(init)), layout.put_members(mem)
+        t = time.perf_counter()
+        state, out = ens.chunk(uni, state, mem, jnp.int32(0), jnp.int32(chunk), n=chunk)
+        jax.block_until_ready(out)
+        runs[M] = {
+            "ens": ens,
+            "uni": uni,
+            "state": state,
+            "mem": mem,
+            "compile_s": time.perf_counter() - t,
+            "times": [],
+        }
     for r in range(repeats):
         t0 = chunk * (r + 1)
-        t = time.perf_counter()
-        state, out = ens.chunk(uni, state, mem, jnp.int32(t0), jnp.int32(t0 + chunk), n=chunk)
-        jax.block_until_ready(out)
-        times.append(time.perf_counter() - t)
-    return {"steps_per_s": chunk / statistics.median(times), "compile_s": compile_s}
+        for run in runs.values():
+            t = time.perf_counter()
+            run["state"], out = run["ens"].chunk(run["uni"], run["state"], run["mem"], jnp.int32(t0),
+                                                 jnp.int32(t0 + chunk), n=chunk)  # fmt: skip
+            jax.block_until_ready(out)
+            run["times"].append(time.perf_counter() - t)
+    return {
+        M: {"steps_per_s": chunk / statistics.median(r["times"]), "compile_s": r["compile_s"]} for M, r in runs.items()
+    }
 
 
 def bench_generation(cfg: Config, chunk: int, repeats: int) -> float:
@@ -218,8 +233,7 @@ def main() -> None:
         rows = []
         if not args.no_baseline:
             rows.append(("baseline (NumPy host data, jit per step)", 1, bench_baseline(cfg, args.chunk, args.repeats)))
-        for M in args.members:
-            r = bench_library(cfg, M, args.chunk, args.repeats, args.member_loop)
+        for M, r in bench_library(cfg, args.members, args.chunk, args.repeats, args.member_loop).items():
             rows.append(("iclwl (on-device data, scan)", M, r))
         for runner, M, r in rows:
             ms = r["steps_per_s"] * M
