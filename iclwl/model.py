@@ -166,6 +166,8 @@ class Attention(nnx.Module):
         else:
             W = self.qkv.kernel.value
             d = W.shape[0]
+            if qkv is None and len(range(T)[rows]) == T:
+                qkv = x @ W  # every token's q, k, v in one product
             weights = self.weights(x, positions, rows, qkv)
             v = qkv[..., 2 * d :] if qkv is not None else x @ W[:, 2 * d :]
             y = jnp.einsum("bhqk,bkhd->bqhd", weights, v.reshape(B, T, self.n_heads, -1))
