@@ -8,12 +8,12 @@ drift in the host's speed does not bias the ratio of M = 8 to M = 1.
 
     python benchmarks/train_throughput.py                      # both settings, M = 1, 8, 32
     python benchmarks/train_throughput.py --settings reddy2023 --members 1 --repeats 5
-    python benchmarks/train_throughput.py --cpu-devices 1 --member-loop vmap   # the library as it was before
+    python benchmarks/train_throughput.py --cpu-devices 1      # the whole host as one JAX device
 
-The library runs as ``train.py`` places it (``iclwl.sharding.Layout``): by default one CPU device whose members
-run one after another (``--member-loop``, ``train.member_loop``); ``--cpu-devices 0`` splits the host into one JAX
-device per core (``train.cpu_devices``, experimental), members then go to different devices and one member's batch
-is split over them.
+The library runs as ``train.py`` places it (``iclwl.sharding.Layout``): by default the CPU host is split into one
+JAX device per core (``--cpu-devices``, ``train.cpu_devices``; 0 = one per core); members go to different devices,
+and a member's batch is split over them when members are fewer than devices. Members that share a device run one
+after another (``--member-loop``, ``train.member_loop``).
 
 Settings: (a) 'default' = the default experiment (conf/task/bursty, conf/model/small, batch 64);
 (b) 'reddy2023' = K = 512, B = 2, D = 63, L = 8, batch 128, two attention-only layers with an MLP readout.
@@ -213,8 +213,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=100, help="steps per timed call")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls; the median is reported")
     ap.add_argument("--no-baseline", action="store_true")
-    ap.add_argument("--cpu-devices", type=int, default=1,
-                    help="JAX devices to split a CPU host into (0: one per core; default 1, as train.py)")  # fmt: skip
+    ap.add_argument("--cpu-devices", type=int, default=0,
+                    help="JAX devices to split a CPU host into (0: one per core, as train.py)")  # fmt: skip
     ap.add_argument("--member-loop", default="auto", choices=["auto", "vmap", "map"])
     args = ap.parse_args()
     use_cpu_devices(args.cpu_devices)

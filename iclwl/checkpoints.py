@@ -23,12 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from iclwl.config import CheckpointConfig, Config
-from iclwl.training import all_finite
 
 
 class CheckpointError(Exception):
@@ -66,7 +66,10 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def save(self, step: int, tree: Any, meta: dict[str, Any]) -> None:
-        if not bool(all_finite(tree["state"])):  # the step guards this already; never overwrite good with bad
+        # Host copies first: the check and Orbax's writers then run nothing on the devices (iclwl/sharding.py says
+        # why eager reductions over sharded arrays are avoided).
+        tree = jax.device_get(tree)
+        if not _finite(tree["state"]):  # the step guards this already; never overwrite good with bad
             raise CheckpointError(f"checkpoint at step {step}: the state holds non-finite values; not written")
         args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave({**meta, "step": step}))
         self.manager.save(step, args=args, force=True)
@@ -90,7 +93,7 @@ class Checkpoints:
             check(dict(meta))  # a refusal is the user's to fix, not damage: leave the checkpoint where it is
             try:
                 got = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like)))
-                if not bool(all_finite(got["state"]["state"])):
+                if not _finite(jax.device_get(got["state"]["state"])):
                     raise ValueError("non-finite values")
                 return Restored(step, got["state"], dict(meta))
             except Exception as e:
@@ -116,6 +119,10 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _finite(tree: Any) -> bool:
+    return all(np.isfinite(x).all() for x in jax.tree.leaves(tree) if np.issubdtype(np.asarray(x).dtype, np.inexact))
 
 
 def _digest(step_dir: Path) -> dict[str, str]:

@@ -51,10 +51,8 @@ class Groups:
         return jax.tree.map(lambda *xs: np.concatenate(xs)[: self.M], *jax.device_get(parts))
 
     def state(self) -> TrainState:
-        """The ensemble's state as one tree with M members (what a checkpoint holds)."""
-        if self.count == 1 and self.size == self.M:
-            return self.states[0]
-        return jax.tree.map(jnp.asarray, self._join(self.states))
+        """The ensemble's state as one tree with M members, on the host (what a checkpoint holds)."""
+        return jax.device_get(self._join(self.states))
 
     def load(self, state: TrainState) -> None:
         self.states = [self.layout.put_members(jax.tree.map(lambda x, i=i: np.asarray(x)[i], state))

@@ -7,8 +7,11 @@ replicated. Inside the step, each member's batch is split along ``batch`` (``wit
 code runs on one CPU (a 1 x 1 mesh: nothing moves), several GPUs or a TPU host; XLA inserts the communication.
 
 A CPU host can be split into several JAX devices (``use_cpu_devices``, ``train.cpu_devices``): with a device per
-core, members run on their own cores instead of sharing every small matrix product between threads. Experimental:
-with checkpoints on, such runs stopped in a stuck all-reduce, so validation asks for checkpoints off.
+core, members run on their own cores instead of sharing every small matrix product between threads; it is the
+default (``train.cpu_devices=0``). The host never computes on sharded arrays outside the compiled programs: on
+2 CPU devices, a series of small eager reductions over member-sharded arrays (the checkpoint's finiteness check,
+as it once was) stalled in an all-reduce that one device never joined, and XLA aborted the run after 40 s.
+Arrays leave the devices with ``jax.device_get`` and are checked with NumPy.
 """
 
 from __future__ import annotations

@@ -66,7 +66,11 @@ def _run(tmp: Path, name: str, devices: int | None, *extra: str) -> list[dict]:
                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     (tmp / name / "stdout.txt").write_text(out.stdout)
-    return [json.loads(line) for line in (tmp / name / "metrics.jsonl").read_text().splitlines()]
+    return _rows(tmp / name)
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_sharded_over_8_host_devices_equals_one_device(tmp_path):
@@ -83,13 +87,21 @@ def test_sharded_over_8_host_devices_equals_one_device(tmp_path):
     assert coords == {(s, lr) for s in range(4) for lr in (0.001, 0.003)}
 
 
-def test_cpu_devices_splits_the_host_and_gives_the_same_numbers(tmp_path):
-    """train.cpu_devices=2 makes two CPU devices (the two members, one on each): the numbers of one device, and
-    the run says where it ran; members batched by vmap give the numbers of members run one after another too."""
-    one = _run(tmp_path, "one", 1, "train.seeds=[0,1]")
-    two = _run(tmp_path, "two", None, "train.seeds=[0,1]", "train.cpu_devices=2", "train.member_loop=map")
+def test_cpu_devices_splits_the_host_saves_resumes_and_gives_the_same_numbers(tmp_path):
+    """train.cpu_devices=2 makes two CPU devices (the two members, one on each) and the run says so. With
+    checkpoints on it saves at every evaluation without stalling (it once stopped in an all-reduce at its second
+    save), a resume on two devices goes on from step 20, and the numbers are those of one device; members batched
+    by vmap give the numbers of members run one after another too."""
+    args = ("train.seeds=[0,1]", "probes.every=10")
+    one = _run(tmp_path, "one", 1, *args)
+    two_devices = (*args, "train.cpu_devices=2", "train.member_loop=map", "checkpoint.enabled=true")
+    _run(tmp_path, "two", None, *two_devices, "train.steps=20")
     assert "on 2 device(s): members split 2 way(s)" in (tmp_path / "two" / "stdout.txt").read_text()
-    vmapped = _run(tmp_path, "vmapped", 1, "train.seeds=[0,1]", "train.member_loop=vmap")
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["10", "20"]
+    two = _run(tmp_path, "two", None, *two_devices, f"train.resume={tmp_path / 'two'}")  # goes on in its own dir
+    assert "resuming at step 20" in (tmp_path / "two" / "stdout.txt").read_text()
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["30", "40"]
+    vmapped = _run(tmp_path, "vmapped", 1, *args, "train.member_loop=vmap")
     for other in (two, vmapped):
         assert len(one) == len(other)
         for x, y in zip(one, other, strict=True):
