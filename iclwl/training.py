@@ -152,9 +152,15 @@ class Ensemble:
         self.make_model = lambda key: build_model(prog.model, st, key)
         self.graphdef, abstract = nnx.split(nnx.eval_shape(lambda: self.make_model(jax.random.key(0))))
         self.tx = make_optimizer(prog.optim, prog.train.steps, abstract)
-        self.init = jax.jit(jax.vmap(self._init_member))
+        # On several devices the state stays split along its member axis from init on: an input laid out otherwise
+        # (XLA would make init's output replicated) would compile the chunk a second time at its second call.
+        init_out, chunk_out = None, None
+        if prog.mesh is not None:
+            init_out = NamedSharding(prog.mesh, PartitionSpec("members"))
+            chunk_out = (init_out, NamedSharding(prog.mesh, PartitionSpec(None, "members")))
+        self.init = jax.jit(jax.vmap(self._init_member), out_shardings=init_out)
         self.evaluate = jax.jit(jax.vmap(self._evaluate_member, in_axes=(None, 0, 0)))
-        self.chunk = jax.jit(self._chunk, static_argnames="n", donate_argnums=1)
+        self.chunk = jax.jit(self._chunk, static_argnames="n", donate_argnums=1, out_shardings=chunk_out)
 
     # ---- one member
     def _init_member(self, key: jax.Array) -> TrainState:

@@ -59,9 +59,10 @@ ARGS = ["experiment=none", "task.n_classes=72", "task.n_holdout=8", "task.D=8", 
 
 
 def _run(tmp: Path, name: str, devices: int | None, *extra: str) -> list[dict]:
-    """train.py in a process with ``devices`` CPU devices (None: as many as ``train.cpu_devices`` asks for)."""
+    """train.py in a process with ``devices`` CPU devices (None: as many as ``train.cpu_devices`` asks for); its
+    stdout (with Hydra's log, where JAX notes each compilation) is kept in the run directory."""
     flags = "" if devices is None else f"--xla_force_host_platform_device_count={devices}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "disabled", "XLA_FLAGS": flags}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "disabled", "XLA_FLAGS": flags, "JAX_LOG_COMPILES": "1"}
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), *ARGS, *extra, f"hydra.run.dir={name}"], cwd=tmp,
                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
@@ -88,7 +89,8 @@ def test_sharded_over_8_host_devices_equals_one_device(tmp_path):
 
 
 def test_cpu_devices_splits_the_host_saves_resumes_and_gives_the_same_numbers(tmp_path):
-    """train.cpu_devices=2 makes two CPU devices (the two members, one on each) and the run says so. With
+    """train.cpu_devices=2 makes two CPU devices (the two members, one on each), the run says so, and its programs
+    compile once (a state laid out otherwise than the chunk's output would compile the chunk again). With
     checkpoints on it saves at every evaluation without stalling (it once stopped in an all-reduce at its second
     save), a resume on two devices goes on from step 20, and the numbers are those of one device; members batched
     by vmap give the numbers of members run one after another too."""
@@ -97,6 +99,8 @@ def test_cpu_devices_splits_the_host_saves_resumes_and_gives_the_same_numbers(tm
     two_devices = (*args, "train.cpu_devices=2", "train.member_loop=map", "checkpoint.enabled=true")
     _run(tmp_path, "two", None, *two_devices, "train.steps=20")
     assert "on 2 device(s): members split 2 way(s)" in (tmp_path / "two" / "stdout.txt").read_text()
+    log = (tmp_path / "two" / "stdout.txt").read_text()  # the state keeps its layout: each program compiles once
+    assert log.count("Compiling jit(_chunk)") == 1 and log.count("Compiling jit(_evaluate_member)") == 1
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["10", "20"]
     two = _run(tmp_path, "two", None, *two_devices, f"train.resume={tmp_path / 'two'}")  # goes on in its own dir
     assert "resuming at step 20" in (tmp_path / "two" / "stdout.txt").read_text()
