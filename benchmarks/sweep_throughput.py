@@ -34,6 +34,7 @@ from data_gen.presets import preset
 from iclwl.config import Config, ModelConfig, OptimConfig, TrainConfig, validate_config
 from iclwl.groups import fit_groups
 from iclwl.run import ensemble_static
+from iclwl.sharding import use_cpu_devices
 from iclwl.training import member_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +125,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed calls; the median is reported")
     ap.add_argument("--grid-steps", type=int, default=5000)
     ap.add_argument("--grid-seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--cpu-devices", type=int, default=0,
+                    help="JAX devices to split a CPU host into for part 1 (0: one per core, as train.py)")  # fmt: skip
     args = ap.parse_args()
+    use_cpu_devices(args.cpu_devices)  # part 1 places members as train.py does
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {jax.device_count()} device(s), "
           f"{os.cpu_count()} CPU core(s)\n")  # fmt: skip
     if args.part in ("members", "both"):
