@@ -16,19 +16,12 @@ runs; ``1x1`` in a process of several devices is one of them (the cores are stil
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
-import time
 
 import jax
-import jax.numpy as jnp
-from train_throughput import SETTINGS
+from train_throughput import SETTINGS, LibraryRun
 
-from data_gen import make_universe
-from iclwl.config import Config, validate_config
-from iclwl.run import ensemble_static
-from iclwl.sharding import Layout, use_cpu_devices
-from iclwl.training import Ensemble, Program, member_inputs
+from iclwl.sharding import use_cpu_devices
 
 
 def variant(text: str) -> tuple[int, int]:
@@ -39,32 +32,6 @@ def variant(text: str) -> tuple[int, int]:
     if members < 1 or devices < 1:
         raise argparse.ArgumentTypeError(f"variant {text!r}: M and N must be >= 1")
     return members, devices
-
-
-class Variant:
-    """M members of ``cfg`` on ``devices``, compiled (a fresh program each: variants share nothing) and warmed up."""
-
-    def __init__(self, cfg: Config, members: int, devices: list, chunk: int):
-        train = dataclasses.replace(cfg.train, seeds=tuple(range(members)))
-        c = validate_config(dataclasses.replace(cfg, train=train))
-        st = ensemble_static(c)
-        layout = Layout.for_members(members, c.train.batch_size, devices)
-        self.members, self.chunk, self.t = members, chunk, 0
-        self.ens = Ensemble(Program.of(c, st, layout.mesh))
-        self.uni = layout.put_replicated(make_universe(st))
-        init, mem = member_inputs(c)
-        self.state, self.mem = self.ens.init(layout.put_members(init)), layout.put_members(mem)
-        self.where = layout.describe()
-        self.call()  # compiles
-
-    def call(self) -> float:
-        """Member-steps/s of one call of ``chunk`` steps."""
-        start = time.perf_counter()
-        self.state, out = self.ens.chunk(self.uni, self.state, self.mem, jnp.int32(self.t),
-                                         jnp.int32(self.t + self.chunk), n=self.chunk)  # fmt: skip
-        jax.block_until_ready(out)
-        self.t += self.chunk
-        return self.members * self.chunk / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -87,11 +54,13 @@ def main() -> None:
     print("| setting | M | devices | placement | member-steps/s (median) | vs first (median of rounds) |")
     print("|---|---|---|---|---|---|")
     for name in args.settings:
-        runs = [Variant(SETTINGS[name], M, devices[:N], args.chunk) for M, N in args.variants]
+        runs = [LibraryRun(SETTINGS[name], M, devices[:N]) for M, N in args.variants]
+        for run in runs:
+            run.call(args.chunk)  # compiles
         rates = [[] for _ in runs]
         for _ in range(args.rounds):
             for r, run in zip(rates, runs, strict=True):
-                r.append(run.call())
+                r.append(run.members * args.chunk / run.call(args.chunk))
         for (M, N), run, r in zip(args.variants, runs, rates, strict=True):
             ratio = statistics.median(a / b for a, b in zip(r, rates[0], strict=True))
             print(f"| {name} | {M} | {N} | {run.where} | {statistics.median(r):.1f} | {ratio:.3f}× |", flush=True)

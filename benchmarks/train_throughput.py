@@ -39,7 +39,7 @@ from iclwl.model import Transformer
 from iclwl.optim import make_optimizer
 from iclwl.run import ensemble_static
 from iclwl.sharding import Layout, use_cpu_devices
-from iclwl.training import Program, compiled, member_inputs
+from iclwl.training import Ensemble, Program, member_inputs
 
 SETTINGS = {
     "default": Config(
@@ -95,41 +95,43 @@ def model_flops(cfg: Config) -> float:
     return float(cost["flops"])
 
 
+class LibraryRun:
+    """M members of ``cfg`` placed on ``devices`` as ``train.py`` places them (``iclwl.sharding.Layout``), compiled
+    by the first ``call``. A fresh program each (``Ensemble``, not the process-wide ``compiled`` cache), so runs
+    of one program in other layouts share nothing."""
+
+    def __init__(self, cfg: Config, members: int, devices: list | None = None):
+        train = dataclasses.replace(cfg.train, seeds=tuple(range(members)))
+        c = validate_config(dataclasses.replace(cfg, train=train))
+        st = ensemble_static(c)
+        layout = Layout.for_members(members, c.train.batch_size, devices)
+        self.members, self.t, self.where = members, 0, layout.describe()
+        self.ens = Ensemble(Program.of(c, st, layout.mesh))
+        self.uni = layout.put_replicated(make_universe(st))
+        init, mem = member_inputs(c)
+        self.state, self.mem = self.ens.init(layout.put_members(init)), layout.put_members(mem)
+
+    def call(self, steps: int) -> float:
+        """Seconds for the next ``steps`` steps of every member (one call of the chunk)."""
+        start = time.perf_counter()
+        self.state, out = self.ens.chunk(self.uni, self.state, self.mem, jnp.int32(self.t),
+                                         jnp.int32(self.t + steps), n=steps)  # fmt: skip
+        jax.block_until_ready(out)
+        self.t += steps
+        return time.perf_counter() - start
+
+
 def bench_library(cfg: Config, members: list[int], chunk: int, repeats: int, member_loop: str) -> dict[int, dict]:
     """steps/s and compile time of the library for each ensemble size. The sizes' timed calls alternate (size 1,
     size 8, ..., then again), so a drift in the host's speed reaches every size alike and their ratios hold."""
-    runs = {}
-    for M in members:
-        train = dataclasses.replace(cfg.train, seeds=tuple(range(M)), member_loop=member_loop)
-        c = validate_config(dataclasses.replace(cfg, train=train))
-        st = ensemble_static(c)
-        layout = Layout.for_members(M, c.train.batch_size)  # as iclwl.groups places a run
-        ens = compiled(Program.of(c, st, layout.mesh))
-        uni = layout.put_replicated(make_universe(st))
-        init, mem = member_inputs(c)
-        state, mem = ens.init(layout.put_members(init)), layout.put_members(mem)
-        t = time.perf_counter()
-        state, out = ens.chunk(uni, state, mem, jnp.int32(0), jnp.int32(chunk), n=chunk)
-        jax.block_until_ready(out)
-        runs[M] = {
-            "ens": ens,
-            "uni": uni,
-            "state": state,
-            "mem": mem,
-            "compile_s": time.perf_counter() - t,
-            "times": [],
-        }
-    for r in range(repeats):
-        t0 = chunk * (r + 1)
-        for run in runs.values():
-            t = time.perf_counter()
-            run["state"], out = run["ens"].chunk(run["uni"], run["state"], run["mem"], jnp.int32(t0),
-                                                 jnp.int32(t0 + chunk), n=chunk)  # fmt: skip
-            jax.block_until_ready(out)
-            run["times"].append(time.perf_counter() - t)
-    return {
-        M: {"steps_per_s": chunk / statistics.median(r["times"]), "compile_s": r["compile_s"]} for M, r in runs.items()
-    }
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, member_loop=member_loop))
+    runs = {M: LibraryRun(cfg, M) for M in members}
+    compile_s = {M: run.call(chunk) for M, run in runs.items()}  # the first call compiles
+    times = {M: [] for M in members}
+    for _ in range(repeats):
+        for M, run in runs.items():
+            times[M].append(run.call(chunk))
+    return {M: {"steps_per_s": chunk / statistics.median(times[M]), "compile_s": compile_s[M]} for M in members}
 
 
 def bench_generation(cfg: Config, chunk: int, repeats: int) -> float:
