@@ -107,7 +107,9 @@ def test_singh_icl_transient_ciwl_and_weight_decay(tmp_path):
     assert half["icl_novel"]["peak_step"] < half["iwl_no_support"]["peak_step"]  # ICL first, IWL after
     assert half["ciwl"]["final"] > 0.9 and half["iwl_no_support"]["final"] > 0.9
     bursty = {p: at(rows, p, p_bursty=1.0, weight_decay=0.0) for p in ("icl_novel", "iwl_no_support", "ciwl")}
-    assert bursty["ciwl"]["final"] > bursty["iwl_no_support"]["final"] + 0.3, bursty  # the CIWL signature
+    # The CIWL signature. The margin was 0.3, set from one seed before session 5's generator change (gap 0.45); since
+    # then seeds 0-2 gave gaps of 0.20-0.24 (docs/reproductions.md), so 0.15: still far from no CIWL (a gap near 0).
+    assert bursty["ciwl"]["final"] > bursty["iwl_no_support"]["final"] + 0.15, bursty
     assert not bursty["icl_novel"]["transient"], bursty["icl_novel"]
     decayed = at(rows, "icl_novel", p_bursty=1.0, weight_decay=0.01)
     assert decayed["transient"] and decayed["final"] < bursty["icl_novel"]["final"] - 0.3, decayed
