@@ -67,11 +67,7 @@ def _run(tmp: Path, name: str, devices: int | None, *extra: str) -> list[dict]:
                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     (tmp / name / "stdout.txt").write_text(out.stdout)
-    return _rows(tmp / name)
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (tmp / name / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_sharded_over_8_host_devices_equals_one_device(tmp_path):
@@ -98,8 +94,9 @@ def test_cpu_devices_splits_the_host_saves_resumes_and_gives_the_same_numbers(tm
     one = _run(tmp_path, "one", 1, *args)
     two_devices = (*args, "train.cpu_devices=2", "train.member_loop=map", "checkpoint.enabled=true")
     _run(tmp_path, "two", None, *two_devices, "train.steps=20")
-    assert "on 2 device(s): members split 2 way(s)" in (tmp_path / "two" / "stdout.txt").read_text()
-    log = (tmp_path / "two" / "stdout.txt").read_text()  # the state keeps its layout: each program compiles once
+    log = (tmp_path / "two" / "stdout.txt").read_text()
+    assert "on 2 device(s): members split 2 way(s)" in log
+    # the state keeps its layout: each program compiles once
     assert log.count("Compiling jit(_chunk)") == 1 and log.count("Compiling jit(_evaluate_member)") == 1
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["10", "20"]
     two = _run(tmp_path, "two", None, *two_devices, f"train.resume={tmp_path / 'two'}")  # goes on in its own dir
