@@ -2,7 +2,7 @@
 
 from data_gen.errors import ConfigError
 from data_gen.probes import PROBES, probe_batch, probe_names
-from data_gen.sequences import TRAIN, Batch, Draw, sample_batch, sample_sequence
+from data_gen.sequences import TRAIN, Batch, Draw, sample_batch, sample_sequence, stored_sequences
 from data_gen.spec import DYNAMIC_FIELDS, TaskParams, TaskSpec, TaskStatic, dynamic_part, static_part, validate
 from data_gen.universe import Universe, make_universe
 
@@ -24,5 +24,6 @@ __all__ = [
     "sample_batch",
     "sample_sequence",
     "static_part",
+    "stored_sequences",
     "validate",
 ]

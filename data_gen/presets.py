@@ -32,7 +32,7 @@ PRESETS: dict[str, dict] = {
     "chan2024": dict(
         L=1, D=64, n_labels=10, label_map="identity", n_classes=20, n_holdout=10,
         prototype="unit", noise="additive", noise_scale=0.2, frequency="two_group", n_high=5, p_high=0.9,
-        p_bursty=0.0, B=1, p_relevant=0.9,
+        p_bursty=0.0, B=1, p_relevant=0.9, query_all_classes=True,
     ),
 }  # fmt: skip
 

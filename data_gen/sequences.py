@@ -37,11 +37,13 @@ from data_gen.spec import TaskParams, TaskStatic
 from data_gen.universe import (
     Universe,
     draw_prototypes,
+    flipped_labels,
     head_size,
     labels_of,
     make_items,
     rank_weights,
     shares_label,
+    trained_labels,
 )
 
 
@@ -60,7 +62,8 @@ class Draw:
     """How a batch departs from the training distribution (probes use it; training uses the default).
 
     pool: classes come from the training ranks or, uniformly, from the holdout set.
-    labels: 'task' uses the task's label map; 'random' relabels each sequence; 'flip' shifts every label by one.
+    labels: 'task' uses the task's label map; 'random' relabels each sequence with labels that training shows;
+      'flip' moves every label to the next class's within its frequency group (``universe.flipped_labels``).
     exclude_query_label: no context item carries the query's label (its class is then absent too).
     ciwl: one context item (of another class) carries the query's true label.
     exemplars: which share of each class's fixed exemplars items show when the task splits them
@@ -230,12 +233,16 @@ def _local_ids(classes: jax.Array) -> jax.Array:
     return (jnp.cumsum(is_first) - 1)[first]
 
 
-def sample_sequence(st: TaskStatic, draw: Draw, uni: Universe, p: TaskParams, key: jax.Array) -> Batch:
-    """One sequence (no batch axis)."""
+def sample_sequence(
+    st: TaskStatic, draw: Draw, uni: Universe, p: TaskParams, key: jax.Array, query: jax.Array | None = None
+) -> Batch:
+    """One sequence (no batch axis). ``query`` >= 0 fixes the query's class to that frequency rank."""
     k_u, k_noise, k_fresh = jax.random.split(key, 3)
     ids, prob = _pool(st, draw, uni, p)
     u = _uniforms(k_u, _draws(st, draw, prob.shape[0]))
     q = _inverse_cdf(_cdf(prob), u["query"])
+    if query is not None:
+        q = jnp.where(query >= 0, query, q)
     canon, n_rel, bursty = _context(st, draw, p, ids, prob, q, u)
     pool_idx = jnp.concatenate([_place(st, p, canon, n_rel, u["place"]), q[None]])  # (L+1,)
     classes = ids[pool_idx]
@@ -263,14 +270,18 @@ def sample_sequence(st: TaskStatic, draw: Draw, uni: Universe, p: TaskParams, ke
 
     # labels
     random_labels = draw.labels == "random" or (draw.pool == "train" and st.label_map == "random")
-    fixed = labels_of(st, classes, _int(u["sense"], 0, st.polysemy))
+    sense = _int(u["sense"], 0, st.polysemy)
+    fixed = labels_of(st, classes, sense)
     if random_labels or st.novel:
-        relabel = jnp.argsort(u["relabel"])[local]  # a random injective map: distinct classes, distinct labels
+        priority = u["relabel"]
+        if draw.labels == "random":  # probes: labels that training shows come first
+            priority = jnp.where(trained_labels(st, uni, p), priority, 1.0 + priority)
+        relabel = jnp.argsort(priority)[local]  # a random injective map: distinct classes, distinct labels
         labels = relabel if random_labels else jnp.where(novel, relabel, fixed)
     else:
         labels = fixed
-    if draw.labels == "flip":  # the next class's label: a memorised answer is never the target
-        labels = (labels + st.polysemy) % st.n_labels
+    if draw.labels == "flip":  # the next class's label in the query's group: a memorised answer is never the target
+        labels = flipped_labels(st, uni, p, classes, sense)
     if draw.ciwl:  # the query's label on one context item of another class
         labels = labels.at[_int(u["ciwl"], 0, st.L)].set(labels[-1])
     noisy = u["lnoise"] < p.label_noise
@@ -297,14 +308,35 @@ def sample_batch(
     batch_size: int,
     draw: Draw = TRAIN,
 ) -> Batch:
-    """A batch of ``batch_size`` sequences. With N > 0, sequence keys come from the finite training set."""
+    """A batch of ``batch_size`` sequences. With N > 0 they are drawn uniformly from the finite training set
+    (``stored_sequences``); with N = 0 each is fresh."""
     k_idx, k_fresh = jax.random.split(key)
-    fresh = jax.random.key_data(jax.random.split(k_fresh, batch_size))
     idx = jax.random.randint(k_idx, (batch_size,), 0, jnp.maximum(p.N, 1))
+    stored_keys, query = _stored(st, draw, uni, p, idx)
+    fresh = jax.random.key_data(jax.random.split(k_fresh, batch_size))
+    keys = jax.random.wrap_key_data(jnp.where(p.N > 0, jax.random.key_data(stored_keys), fresh))
+    if query is not None:
+        query = jnp.where(p.N > 0, query, -1)
+    return jax.vmap(sample_sequence, (None, None, None, None, 0, 0))(st, draw, uni, p, keys, query)
+
+
+def stored_sequences(st: TaskStatic, uni: Universe, p: TaskParams, idx: jax.Array) -> Batch:
+    """Sequences ``idx`` (int array (n,)) of the finite training set, as training sees them.
+
+    Stored sequence i is a function of the task's key and i alone. With ``query_all_classes``, sequences
+    0 .. K-1 have the classes of ranks 0 .. K-1 as their queries, so every training class is asked about;
+    the others draw their query from the class frequencies."""
+    keys, query = _stored(st, TRAIN, uni, p, idx)
+    return jax.vmap(sample_sequence, (None, None, None, None, 0, 0))(st, TRAIN, uni, p, keys, query)
+
+
+def _stored(st: TaskStatic, draw: Draw, uni: Universe, p: TaskParams, idx: jax.Array):
+    """The keys of stored sequences ``idx`` and the query ranks they fix (None when no query is fixed)."""
     dataset_key = jax.random.wrap_key_data(uni.dataset_key)
-    fixed = jax.random.key_data(jax.vmap(jax.random.fold_in, (None, 0))(dataset_key, idx))
-    keys = jax.random.wrap_key_data(jnp.where(p.N > 0, fixed, fresh))
-    return jax.vmap(sample_sequence, (None, None, None, None, 0))(st, draw, uni, p, keys)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(dataset_key, idx)
+    if not (st.query_all_classes and draw.pool == "train"):
+        return keys, None
+    return keys, jnp.where(idx < p.K, idx, -1).astype(jnp.int32)
 
 
 def without_training_noise(p: TaskParams) -> TaskParams:

@@ -65,6 +65,9 @@ class TaskSpec:
         share mass p_high, the rest share 1 - p_high).
       placement: where the query's items sit in the context: 'random', or 'distance' (the nearest at
         ``distance`` pairs before the query, the others right before it).
+      query_all_classes: a finite training set (N) asks about every training class: stored sequences 0 .. K-1
+        have the classes of ranks 0 .. K-1 as their queries (Chan et al. 2024), the rest draw theirs from the
+        class frequencies. Without it, a rare class may never be a query in a small set. Needs N >= K.
 
     Dynamic fields (may differ per ensemble member): K (training classes, at most n_classes - n_holdout; None
     = all), alpha, p_high, n_high, p_bursty, p_relevant (None: the non-bursty context is plain i.i.d.),
@@ -94,6 +97,7 @@ class TaskSpec:
     ways: int = 2
     frequency: Frequency = "zipf"
     placement: Placement = "random"
+    query_all_classes: bool = False
     # dynamic
     K: int | None = None
     alpha: float = 0.0
@@ -151,6 +155,7 @@ class TaskStatic:
     ways: int
     frequency: Frequency
     placement: Placement
+    query_all_classes: bool
     relevance: bool  # p_relevant is set: non-bursty contexts control the query class's presence
     exact_relevant: bool  # L_relevant is set
     novel: bool  # p_novel > 0: some training sequences use fresh classes
@@ -242,7 +247,9 @@ def _check_type(spec: TaskSpec) -> None:
         ann = str(f.type)
         if v is None and "None" in ann:
             continue
-        if ann.startswith("int"):
+        if ann == "bool":
+            ok, rule = isinstance(v, bool), "must be true or false"
+        elif ann.startswith("int"):
             ok = isinstance(v, numbers.Integral) and not isinstance(v, bool)
             rule = "must be an integer"
         elif ann.startswith("str"):
@@ -290,6 +297,8 @@ def validate(spec: TaskSpec) -> TaskSpec:
         (s.L_relevant is None or 1 <= s.L_relevant <= s.L, "L_relevant", f"must be in [1, L] = [1, {s.L}]"),
         (1 <= s.distance <= s.L, "distance", f"must be in [1, L] = [1, {s.L}]"),
         (s.N is None or s.N >= 1, "N", "a finite training set needs N >= 1 sequences (None = fresh every step)"),
+        (not s.query_all_classes or s.N is None or s.N >= K, "N", f"query_all_classes makes each of the K = {K} "
+         "training classes the query of one stored sequence: needs N >= K"),
         (1 <= K <= s.max_classes, "K", f"must be in [1, n_classes - n_holdout] = [1, {s.max_classes}]"),
         (K >= needed, "K", f"a sequence of this task needs {needed} distinct training classes"),
         (s.frequency != "two_group" or 1 <= s.n_high < K, "n_high", f"must be in [1, K) = [1, {K})"),

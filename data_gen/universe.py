@@ -124,6 +124,59 @@ def labels_of(st: TaskStatic, classes: jax.Array, sense: jax.Array) -> jax.Array
     return (st.polysemy * classes + sense) % st.n_labels
 
 
+def class_ranks(st: TaskStatic, uni: Universe) -> jax.Array:
+    """(max_classes,) int32: the frequency rank of every training class id (the inverse of ``uni.order``)."""
+    return jnp.zeros(st.max_classes, jnp.int32).at[uni.order].set(jnp.arange(st.max_classes, dtype=jnp.int32))
+
+
+def label_groups(st: TaskStatic, uni: Universe, p: TaskParams) -> jax.Array:
+    """(2, n_labels) bool: which first-sense labels (``labels_of`` with sense 0) the active training classes of
+    each frequency group carry. Row 0 is the high-frequency group and row 1 the low one in two-group tasks; other
+    tasks are one group (row 0; row 1 is empty)."""
+    ranks = jnp.arange(st.max_classes)
+    group = (ranks >= p.n_high).astype(jnp.int32) if st.frequency == "two_group" else jnp.zeros_like(ranks)
+    base = labels_of(st, uni.order, jnp.zeros_like(uni.order))
+    table = jnp.zeros((2, st.n_labels), jnp.int32).at[group, base].max((ranks < p.K).astype(jnp.int32))
+    return table > 0
+
+
+def trained_labels(st: TaskStatic, uni: Universe, p: TaskParams) -> jax.Array:
+    """(n_labels,) bool: the labels that training sequences show. A random per-sequence labelling shows them all;
+    a fixed map only those of the K active classes (every sense)."""
+    if st.label_map == "random":
+        return jnp.ones(st.n_labels, bool)
+    base = label_groups(st, uni, p).any(0)  # (n_labels,)
+    return jnp.any(jnp.stack([jnp.roll(base, j) for j in range(st.polysemy)]), axis=0)
+
+
+def flipped_labels(st: TaskStatic, uni: Universe, p: TaskParams, classes: jax.Array, sense: jax.Array) -> jax.Array:
+    """The icl_flip label of sense ``sense`` of each training class in ``classes`` (any shape).
+
+    A class's labels move to those of the next class of its own frequency group: among the first-sense labels
+    that the group's active classes carry (``label_groups``), the one that follows the class's own, cyclically,
+    skipping labels whose block of ``polysemy`` senses overlaps the class's own block. So the flipped label is
+    always one that training shows and never one the class owns. Chan et al. 2024, identity labels 0-4 (high)
+    and 5-9 (low): label l -> l + 1 within its group (4 -> 0, 9 -> 5). Reddy 2023, k mod 32 labels with every
+    label in use: l -> l + 1 mod 32. A group whose classes all carry one label block (a single high-frequency
+    class, say) has nothing to move to: its classes take the next label of the whole label map instead.
+    """
+    n, P = st.n_labels, st.polysemy
+    present = label_groups(st, uni, p)  # (2, n)
+    rank = class_ranks(st, uni)[jnp.clip(classes, 0, st.max_classes - 1)]
+    group = (rank >= p.n_high).astype(jnp.int32) if st.frequency == "two_group" else jnp.zeros_like(rank)
+    own = labels_of(st, classes, jnp.zeros_like(classes))[..., None]  # (..., 1) the class's first sense
+    gap = (jnp.arange(n) - own) % n  # (..., n) how far forward each label lies
+    disjoint = (gap >= P) & (gap <= n - P)  # that label's block shares no label with the class's block
+
+    def following(candidates):  # the nearest candidate forward, and whether there is one
+        return jnp.argmin(jnp.where(candidates, gap, 2 * n), axis=-1), jnp.any(candidates, axis=-1)
+
+    in_group, found = following(present[group] & disjoint)
+    in_map, found_any = following(present.any(0) & disjoint)
+    base = jnp.where(found, in_group, jnp.where(found_any, in_map, (own[..., 0] + P) % n))
+    return (base + sense) % n
+
+
 def shares_label(st: TaskStatic, a: jax.Array, b: jax.Array) -> jax.Array:
     """Whether classes a and b have a label in common under the fixed map."""
     d = (st.polysemy * (a - b)) % st.n_labels

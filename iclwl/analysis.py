@@ -25,14 +25,22 @@ from typing import Any
 
 import numpy as np
 
-from iclwl.records import MECHANISM_LISTS, MECHANISM_SCALARS, read_metrics
+from iclwl.records import MECHANISM_LISTS, MECHANISM_SCALARS, SEED_COORDS, read_metrics
 
 # Row fields that are measurements, not coordinates (see iclwl/records.py).
 MEASURES = frozenset({"step", "member", "probe", "acc", "loss", "acc_common", "acc_rare", "stopped_at", "gate_iwl",
                       *MECHANISM_SCALARS, *MECHANISM_LISTS})  # fmt: skip
 # Config fields that never make two runs different settings: bookkeeping, or already a row coordinate
 # (the sweep lists and seeds reappear per row as each member's own value).
-NOT_COORDINATES = ("sweep.", "train.seeds", "train.resume", "train.chunk_steps", "logging.", "checkpoint.")
+NOT_COORDINATES = (
+    "sweep.",
+    "train.seeds",
+    "train.data_seeds",
+    "train.resume",
+    "train.chunk_steps",
+    "logging.",
+    "checkpoint.",
+)
 GROUPS = ("common", "rare")
 DEFAULT_PROBES = ("icl_novel", "iwl_no_support")  # the one probe only ICL solves, the one only IWL solves
 
@@ -116,7 +124,7 @@ def combine(runs: list[Run]) -> Sweep:
     """One table of rows over all runs, each row with every coordinate, and the coordinates found."""
     member_coords = list(dict.fromkeys(k for run in runs for r in run.rows for k in r if k not in MEASURES))
     static = _static_coords(runs, member_coords)
-    coords = [c for c in member_coords if c != "seed"] + static
+    coords = [c for c in member_coords if c not in SEED_COORDS] + static
     rows, chance, owner = [], {}, {}
     for run in runs:
         n_labels = run.config.get("task.n_labels")
@@ -128,10 +136,11 @@ def combine(runs: list[Run]) -> Sweep:
             row = {**{c: _config_value(run.config, c) for c in member_coords}, **r, **fixed}
             rows.append(row)
             setting = _setting(row, coords)
-            key = (setting, row.get("seed"))
+            key = (setting, *(row.get(c) for c in SEED_COORDS))
             if owner.setdefault(key, run.path) != run.path:
+                seeds = ", ".join(f"{c}={row.get(c)}" for c in SEED_COORDS if c in row)
                 raise ReportError(
-                    f"{owner[key]} and {run.path}: both hold seed={row.get('seed')} of "
+                    f"{owner[key]} and {run.path}: both hold {seeds} of "
                     f"{describe(setting)}; expected each seed of a setting once (report them apart)"
                 )
             chance[setting] = 1.0 / n_labels
@@ -141,7 +150,7 @@ def combine(runs: list[Run]) -> Sweep:
 def of_run(rows: list[dict[str, Any]], coords: list[str], n_labels: int) -> Sweep:
     """The sweep of one run's rows in memory (``coords``: its members' coordinates, the seed among them)."""
     probe_rows = [r for r in rows if r["probe"] != "train"]
-    setting_coords = [c for c in coords if c != "seed"]
+    setting_coords = [c for c in coords if c not in SEED_COORDS]
     chance = {_setting(r, setting_coords): 1.0 / n_labels for r in probe_rows}
     return Sweep(probe_rows, setting_coords, chance)
 
@@ -149,7 +158,9 @@ def of_run(rows: list[dict[str, Any]], coords: list[str], n_labels: int) -> Swee
 def _static_coords(runs: list[Run], member_coords: list[str]) -> list[str]:
     """Config fields that differ between runs, less bookkeeping and the base values of swept fields."""
     # task.seed (the class universe) is no member's seed: it stays a candidate
-    base = {f"{group}.{c}" for c in member_coords if c != "seed" for group in ("task", "optim")}
+    base = {f"{group}.{c}" for c in member_coords if c not in SEED_COORDS for group in ("task", "optim")}
+    if "data_seed" in member_coords:  # task.seed is the base of the members' data seeds
+        base.add("task.seed")
     names = sorted({k for run in runs for k in run.config})
     return [
         k
@@ -159,6 +170,8 @@ def _static_coords(runs: list[Run], member_coords: list[str]) -> list[str]:
 
 
 def _config_value(config: dict[str, Any], coord: str) -> Any:
+    if coord == "data_seed":  # a run without train.data_seeds draws every member's data from task.seed
+        return config.get("task.seed")
     return config.get(f"task.{coord}", config.get(f"optim.{coord}"))
 
 

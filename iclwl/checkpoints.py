@@ -43,7 +43,16 @@ class Restored(NamedTuple):
 
 # Settings that decide what a checkpoint means; a resume may change anything else (steps, probes, logging, ...).
 DIGEST = "iclwl_digest.json"  # beside Orbax's files in each step directory
-MEANING = ("task", "model", "optim", "sweep", "train.batch_size", "train.seeds", "train.context_loss")
+MEANING = (
+    "task",
+    "model",
+    "optim",
+    "sweep",
+    "train.batch_size",
+    "train.seeds",
+    "train.data_seeds",
+    "train.context_loss",
+)
 
 
 def checkpoint_steps(cfg: CheckpointConfig, total: int, evals: np.ndarray) -> tuple[np.ndarray, set[int]]:

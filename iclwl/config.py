@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from data_gen import DYNAMIC_FIELDS, ConfigError, TaskSpec, validate
+from iclwl.records import SEED_COORDS  # noqa: F401  (the coordinates members() gives for seeds)
 
 Arch = Literal["transformer", "gated", "lstm"]
 
@@ -67,6 +68,11 @@ class TrainConfig:
     steps: int = 6000
     batch_size: int = 64
     seeds: tuple[int, ...] = (0,)  # one ensemble member per seed (times the sweep grid)
+    # the data seed of each entry of seeds (same length), or () for task.seed everywhere. A data seed is the task's
+    # seed for that member: it redraws the prototypes, exemplars, frequency ranking, holdout split and finite
+    # training set, as the papers' seeds do; train.seeds alone redraw only the initialisation and batch order.
+    # Pairs may repeat a seed or a data seed (seeds=[0,1,0,1] data_seeds=[0,0,1,1] crosses them), not both.
+    data_seeds: tuple[int, ...] = ()
     chunk_steps: int = 250  # training steps per compiled call; metrics leave the device once per chunk
     context_loss: bool = False  # also train on every context label, not only the query's
     resume: str | None = None  # a run directory to continue (a run also continues in its own directory)
@@ -253,15 +259,25 @@ def from_dict(data: dict) -> Config:
 # ------------------------------------------------------------------------------------------- members and checks
 
 
+def seed_coords(cfg: Config) -> list[dict[str, int]]:
+    """Each entry of train.seeds with its data seed: ``{"seed": s}``, or ``{"seed": s, "data_seed": d}``."""
+    if not cfg.train.data_seeds:
+        return [{"seed": s} for s in cfg.train.seeds]
+    return [{"seed": s, "data_seed": d} for s, d in zip(cfg.train.seeds, cfg.train.data_seeds, strict=True)]
+
+
 def members(cfg: Config) -> list[dict[str, Any]]:
-    """The ensemble: one mapping of coordinates (seed and swept task fields) per member, in a fixed order."""
+    """The ensemble: one mapping of coordinates (seed, data seed when set, swept fields) per member, in a fixed
+    order: the sweep grid, each point times the seeds."""
     names, values = list(cfg.sweep.swept()), list(cfg.sweep.swept().values())
     grid = list(zip(*values, strict=True)) if cfg.sweep.mode == "zip" else list(itertools.product(*values))
-    return [{"seed": s, **dict(zip(names, point, strict=True))} for point in grid for s in cfg.train.seeds]
+    return [{**s, **dict(zip(names, point, strict=True))} for point in grid for s in seed_coords(cfg)]
 
 
 def member_tasks(cfg: Config) -> list[TaskSpec]:
-    return [dataclasses.replace(cfg.task, **{k: v for k, v in m.items() if k in DYNAMIC_FIELDS}) for m in members(cfg)]
+    """Each member's task: the swept fields set, and its data seed as the task's seed."""
+    return [dataclasses.replace(cfg.task, **{k: v for k, v in m.items() if k in DYNAMIC_FIELDS},
+                                seed=m.get("data_seed", cfg.task.seed)) for m in members(cfg)]  # fmt: skip
 
 
 def member_optims(cfg: Config) -> list[OptimConfig]:
@@ -276,6 +292,7 @@ def _need(ok: bool, path: str, value: Any, rule: str) -> None:
 
 def validate_config(cfg: Config) -> Config:
     validate(cfg.task)
+    _validate_seeds(cfg.train)
     if cfg.sweep.mode == "zip":
         lengths = {k: len(v) for k, v in cfg.sweep.swept().items()}
         _need(len(set(lengths.values())) <= 1, "sweep", lengths, "zip mode needs lists of equal length")
@@ -311,9 +328,6 @@ def validate_config(cfg: Config) -> Config:
     _need(0 <= o.final_lr_fraction <= 1, "optim.final_lr_fraction", o.final_lr_fraction, "must be in [0, 1]")
     _need(o.clip_norm >= 0, "optim.clip_norm", o.clip_norm, "must be >= 0 (0 = off)")
     _need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
-    _need(len(t.seeds) >= 1, "train.seeds", t.seeds, "needs at least one seed")
-    _need(len(set(t.seeds)) == len(t.seeds), "train.seeds", t.seeds, "seeds must differ")
-    _need(all(s >= 0 for s in t.seeds), "train.seeds", t.seeds, "seeds must be >= 0")
     _need(t.chunk_steps >= 1, "train.chunk_steps", t.chunk_steps, "must be >= 1")
     _need(t.max_members >= 0, "train.max_members", t.max_members, "must be >= 0 (0 = as many as fit)")
     _need(0 < t.memory_fraction <= 1, "train.memory_fraction", t.memory_fraction, "must be in (0, 1]")
@@ -330,6 +344,20 @@ def validate_config(cfg: Config) -> Config:
     _need(p.every >= 0, "probes.every", p.every, "must be >= 0")
     _validate_wandb(cfg.wandb)
     return cfg
+
+
+def _validate_seeds(t: TrainConfig) -> None:
+    _need(len(t.seeds) >= 1, "train.seeds", t.seeds, "needs at least one seed")
+    _need(all(s >= 0 for s in t.seeds), "train.seeds", t.seeds, "seeds must be >= 0")
+    if not t.data_seeds:
+        _need(len(set(t.seeds)) == len(t.seeds), "train.seeds", t.seeds, "seeds must differ")
+        return
+    _need(len(t.data_seeds) == len(t.seeds), "train.data_seeds", t.data_seeds,
+          f"needs one data seed per entry of train.seeds ({len(t.seeds)}), or none")  # fmt: skip
+    _need(all(d >= 0 for d in t.data_seeds), "train.data_seeds", t.data_seeds, "data seeds must be >= 0")
+    pairs = list(zip(t.seeds, t.data_seeds, strict=True))
+    _need(len(set(pairs)) == len(pairs), "train.data_seeds", t.data_seeds,
+          f"each (seed, data seed) pair must differ; the pairs are {pairs}")  # fmt: skip
 
 
 def _validate_model(m: ModelConfig) -> None:

@@ -113,9 +113,13 @@ def provenance() -> dict[str, Any]:
     }
 
 
+# coordinates that tell repeats of one setting apart (train.seeds and train.data_seeds), never part of a setting
+SEED_COORDS = ("seed", "data_seed")
+
+
 def setting_of(row: dict[str, Any], coords: list[str]) -> tuple:
-    """The swept coordinates of a row, without the seed: rows with equal settings are seeds of one setting."""
-    return tuple((c, row[c]) for c in coords if c != "seed")
+    """The swept coordinates of a row, without the seeds: rows with equal settings are seeds of one setting."""
+    return tuple((c, row[c]) for c in coords if c not in SEED_COORDS)
 
 
 def format_table(table: list[dict[str, Any]]) -> str:

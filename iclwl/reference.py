@@ -31,14 +31,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data_gen import ConfigError, TaskParams, TaskStatic, Universe, make_universe
+from data_gen import ConfigError, TaskParams, TaskStatic, Universe
 from data_gen.universe import labels_of
 from iclwl.analysis import MEASURES
 from iclwl.config import Config, from_dict, members, schema_dict
 from iclwl.context import answer_rows, cosine, label_mixture, visible
 from iclwl.probing import ProbeMetrics, evaluate_member, probe_list
-from iclwl.run import ensemble_static, probe_rows
-from iclwl.training import member_inputs
+from iclwl.records import SEED_COORDS
+from iclwl.run import probe_rows
+from iclwl.training import MemberInputs, ensemble_static, member_inputs, shared_universe
 
 EPS = 1e-3  # probability mass a reference predictor spreads over every label: keeps its loss finite
 PREDICTORS = ("nearest_context", "nearest_prototype")
@@ -102,10 +103,12 @@ def reference_metrics(cfg: Config, name: str) -> ProbeMetrics:
     st = ensemble_static(cfg)
     _, mem = member_inputs(cfg)
 
-    def one(uni: Universe, task: TaskParams, key: jax.Array) -> ProbeMetrics:
-        return evaluate_member(st, cfg.model, cfg.probes, uni, make_predictor(name, st, uni, task), task, key)
+    def one(shared: Universe | None, mem: MemberInputs) -> ProbeMetrics:
+        uni = mem.universe if mem.universe is not None else shared
+        return evaluate_member(st, cfg.model, cfg.probes, uni, make_predictor(name, st, uni, mem.task), mem.task,
+                               mem.eval_key)  # fmt: skip
 
-    return jax.device_get(jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))(make_universe(st), mem.task, mem.eval_key))
+    return jax.device_get(jax.jit(jax.vmap(one, in_axes=(None, 0)))(shared_universe(cfg, st), mem))
 
 
 def evaluate_reference(cfg: Config) -> list[dict[str, Any]]:
@@ -120,7 +123,7 @@ def evaluate_reference(cfg: Config) -> list[dict[str, Any]]:
 def format_reference(rows: list[dict[str, Any]]) -> str:
     """A markdown table: one line per predictor and setting (seeds averaged), one column per probe."""
     probes = list(dict.fromkeys(r["probe"] for r in rows))
-    fixed = MEASURES | {"predictor", "seed"}  # what is left are the swept coordinates
+    fixed = MEASURES | {"predictor", *SEED_COORDS}  # what is left are the swept coordinates
     acc: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         setting = ", ".join(f"{k}={v}" for k, v in r.items() if k not in fixed) or "-"

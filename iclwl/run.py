@@ -20,10 +20,10 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from data_gen import ConfigError, TaskStatic, make_universe, static_part
+from data_gen import ConfigError, TaskStatic
 from iclwl import analysis
 from iclwl.checkpoints import CheckpointError, Checkpoints, checkpoint_steps, resume_conflicts
-from iclwl.config import Config, member_tasks, members
+from iclwl.config import Config, members
 from iclwl.groups import fit_groups
 from iclwl.mechanisms import SOURCES, headline, per_head
 from iclwl.plots import plot_run
@@ -31,7 +31,7 @@ from iclwl.preemption import Preempted, StopRequests
 from iclwl.probing import ProbeMetrics, probe_list
 from iclwl.records import MetricsFile, format_table, provenance, read_metrics, truncate_metrics, write_config
 from iclwl.sharding import use_cpu_devices
-from iclwl.training import Health, Meter, Program, compiled, member_inputs
+from iclwl.training import Health, Meter, Program, compiled, ensemble_static, member_inputs, shared_universe
 from iclwl.wandb_sink import WandbSink, require_wandb
 
 
@@ -41,18 +41,6 @@ def eval_schedule(total: int, n_log: int, every: int) -> np.ndarray:
     log = np.round(np.geomspace(1, total, n_log)) if n_log else []
     steps = np.unique(np.concatenate([[0, total], log, np.arange(every, total + 1, every)]).astype(np.int64))
     return steps[(steps >= 0) & (steps <= total)]
-
-
-def ensemble_static(cfg: Config) -> TaskStatic:
-    """The compiled-in task of all members; refuses sweeps that would change it."""
-    statics = [static_part(t) for t in member_tasks(cfg)]
-    novel = any(s.novel for s in statics)
-    base = dataclasses.replace(statics[0], novel=novel)
-    for s, m in zip(statics, members(cfg), strict=True):
-        if dataclasses.replace(s, novel=novel) != base:
-            raise ConfigError("sweep", m, "this member changes a compiled-in property of the task (e.g. sets "
-                              "p_relevant or L_relevant where the task leaves them unset)")  # fmt: skip
-    return base
 
 
 def probe_rows(step: int, probes: ProbeMetrics, names: list[str], coords: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -131,7 +119,7 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     restored = ckpts.restore_latest(fresh, check) if ckpts else None
     if restored is not None and not np.array_equal(restored.tree["data_keys"], fresh["data_keys"]):
         raise CheckpointError(f"checkpoint at step {restored.step}: its data keys are not this run's seeds'")
-    ens = fit_groups(cfg, st, make_universe(st), init_keys, mem)
+    ens = fit_groups(cfg, st, shared_universe(cfg, st), init_keys, mem)
     if ens.count > 1 or ens.layout.mesh.size > 1:
         print(ens.describe())
     origin = provenance()

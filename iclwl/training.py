@@ -24,7 +24,16 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from data_gen import TaskParams, TaskStatic, Universe, dynamic_part, sample_batch
+from data_gen import (
+    ConfigError,
+    TaskParams,
+    TaskStatic,
+    Universe,
+    dynamic_part,
+    make_universe,
+    sample_batch,
+    static_part,
+)
 from iclwl.architectures import build_model
 from iclwl.config import (
     Config,
@@ -49,8 +58,12 @@ class Streams(NamedTuple):
     eval: jax.Array
 
 
-def streams(seed: int) -> Streams:
+def streams(seed: int, data_seed: int | None = None) -> Streams:
+    """The named streams of a member's seed; a member with a data seed of its own folds it in, so that pairs
+    (seed, data seed) that share a seed still start from different parameters and batches."""
     root = jax.random.key(seed)
+    if data_seed is not None:
+        root = jax.random.fold_in(root, data_seed)
     return Streams(*(jax.random.fold_in(root, s) for s in (INIT, DATA, EVAL)))
 
 
@@ -115,6 +128,22 @@ class Program:
         return cls(st, cfg.model, optim, train, cfg.probes, mesh if mesh is not None and mesh.size > 1 else None)
 
 
+def ensemble_static(cfg: Config) -> TaskStatic:
+    """The compiled-in task of all members; refuses sweeps that would change it. Its seed is the members' data
+    seed when they share one (``make_universe`` of it is their universe), else task.seed: then each member has
+    a universe of its own (``member_universes``)."""
+    statics = [static_part(t) for t in member_tasks(cfg)]
+    novel = any(s.novel for s in statics)
+    seeds = {s.seed for s in statics}
+    seed = seeds.pop() if len(seeds) == 1 else cfg.task.seed
+    base = dataclasses.replace(statics[0], novel=novel, seed=seed)
+    for s, m in zip(statics, members(cfg), strict=True):
+        if dataclasses.replace(s, novel=novel, seed=seed) != base:
+            raise ConfigError("sweep", m, "this member changes a compiled-in property of the task (e.g. sets "
+                              "p_relevant or L_relevant where the task leaves them unset)")  # fmt: skip
+    return base
+
+
 class MemberInputs(NamedTuple):
     """What differs between members besides their state; every leaf has a leading member axis."""
 
@@ -122,17 +151,35 @@ class MemberInputs(NamedTuple):
     optim: OptimParams
     data_key: jax.Array
     eval_key: jax.Array
+    # each member's class universe when the members' data seeds differ; None: every member uses the shared one
+    universe: Universe | None = None
+
+
+def member_universes(cfg: Config) -> Universe | None:
+    """The class universe of every member, stacked along a member axis, when members have different data seeds
+    (``train.data_seeds``); None when they all share ``task.seed``'s (the run passes that one separately)."""
+    seeds = [t.seed for t in member_tasks(cfg)]
+    if len(set(seeds)) == 1:
+        return None
+    st = ensemble_static(cfg)
+    built = {d: make_universe(dataclasses.replace(st, seed=d)) for d in dict.fromkeys(seeds)}
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *[built[d] for d in seeds])
+
+
+def shared_universe(cfg: Config, st: TaskStatic) -> Universe | None:
+    """The universe every member shares (``st = ensemble_static(cfg)``), or None when each has its own."""
+    return make_universe(st) if len({t.seed for t in member_tasks(cfg)}) == 1 else None
 
 
 def member_inputs(cfg: Config) -> tuple[jax.Array, MemberInputs]:
     """The init keys and the inputs of every member of ``cfg``, in ``members(cfg)`` order."""
-    keys = [streams(c["seed"]) for c in members(cfg)]
+    keys = [streams(c["seed"], c.get("data_seed")) for c in members(cfg)]
     init, data, ev = (jnp.stack([getattr(k, f) for k in keys]) for f in ("init", "data", "eval"))
     task = jax.tree.map(lambda *xs: jnp.stack(xs), *[dynamic_part(t) for t in member_tasks(cfg)])
     optims = member_optims(cfg)
     optim = OptimParams(jnp.array([o.lr for o in optims], jnp.float32),
                         jnp.array([o.weight_decay for o in optims], jnp.float32))  # fmt: skip
-    return init, MemberInputs(task, optim, data, ev)
+    return init, MemberInputs(task, optim, data, ev, member_universes(cfg))
 
 
 @functools.lru_cache(maxsize=8)
@@ -183,8 +230,9 @@ class Ensemble:
         acc = jnp.mean(jnp.argmax(logits[:, -1], -1) == targets[:, -1])
         return ce.mean(), (ce[:, -1].mean(), acc)
 
-    def _step_member(self, uni: Universe, state: TrainState, mem: MemberInputs, t: jax.Array):
+    def _step_member(self, uni: Universe | None, state: TrainState, mem: MemberInputs, t: jax.Array):
         """Step t + 1 of one member (batch t); a step that is not finite is discarded and stops the member."""
+        uni = mem.universe if mem.universe is not None else uni
         key = jax.random.fold_in(mem.data_key, t)
         grads, (loss, acc) = jax.grad(self._loss, has_aux=True)(state.params, uni, mem.task, key)
         tx = make_optimizer(self.prog.optim, self.prog.train.steps, state.params, mem.optim)
@@ -201,12 +249,13 @@ class Ensemble:
         meter = Meter(m.loss + jnp.where(take, loss, 0), m.acc + jnp.where(take, acc, 0), m.steps + take)
         return TrainState(params, opt_state, health, meter), loss, acc, take
 
-    def _evaluate_member(self, uni: Universe, params: nnx.State, mem: MemberInputs):
+    def _evaluate_member(self, uni: Universe | None, params: nnx.State, mem: MemberInputs):
+        uni = mem.universe if mem.universe is not None else uni
         model = nnx.merge(self.graphdef, params)
         return evaluate_member(self.prog.task, self.prog.model, self.prog.probes, uni, model, mem.task, mem.eval_key)
 
     # ---- all members, many steps
-    def _chunk(self, uni: Universe, state: TrainState, mem: MemberInputs, t0, stop, n: int):
+    def _chunk(self, uni: Universe | None, state: TrainState, mem: MemberInputs, t0, stop, n: int):
         """Train steps t0+1 .. stop (at most n) for every member."""
 
         def member_chunk(s: TrainState, m: MemberInputs):  # one member, every step of the chunk

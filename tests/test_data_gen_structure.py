@@ -80,20 +80,50 @@ def test_ciwl():
     assert np.unique(carriers.argmax(1)).size == 8  # the carrier's slot varies
 
 
-@pytest.mark.parametrize(("template", "n_labels"), [(IID, 16), (CHAN24, 10)], ids=["reddy", "chan2024"])
-def test_icl_flip(template: dg.TaskSpec, n_labels: int):
-    """Every label shifts by one: the target is (fixed label + 1) mod n_labels and sits on the query's items."""
-    b, _ = probe("icl_flip", template, seed=3)
-    q, ctx = b.classes[:, -1], b.classes[:, :-1]
-    fixed, target = q % n_labels, b.labels[:, -1]
-    assert np.all(target == (fixed + 1) % n_labels)
-    assert np.all(target != fixed)
-    assert np.all(b.labels[:, :-1] == (ctx % n_labels + 1) % n_labels)
-    assert np.all((b.labels[:, :-1] == target[:, None]).any(1))  # the target label is in the context...
+def test_icl_flip_reddy_shifts_every_label_by_one():
+    """k mod 16 labels with every label in use (64 classes): the flip is l -> l + 1 mod 16, on every item."""
+    b, _ = probe("icl_flip", IID, seed=3)
+    q, ctx, target = b.classes[:, -1], b.classes[:, :-1], b.labels[:, -1]
+    assert np.all(target == (q % 16 + 1) % 16)
+    assert np.all(b.labels[:, :-1] == (ctx % 16 + 1) % 16)
     relevant = ctx == q[:, None]
-    assert np.all(relevant.any(1))
-    assert np.all(b.labels[:, :-1][relevant] == np.broadcast_to(target[:, None], ctx.shape)[relevant])  # ...on q
-    assert np.all(ctx < TRAIN_MAX if template is IID else ctx < 10)
+    assert np.all(relevant.any(1))  # the target label is in the context, on the query's class
+    assert np.all(b.labels[:, :-1][relevant] == np.broadcast_to(target[:, None], ctx.shape)[relevant])
+    assert np.all(ctx < TRAIN_MAX)
+
+
+@pytest.mark.parametrize("K", [10, 7], ids=["K10", "K7"])
+def test_icl_flip_stays_within_the_frequency_group(K: int):
+    """Chan 2024 (5 high + K - 5 low classes, identity labels): each item's label moves to the next label of its
+    own class's group, cyclically, in increasing label order; the target is never the query's own label and always
+    a label that training shows (K = 7: labels of the three inactive classes never appear)."""
+    b, uni = probe("icl_flip", CHAN24, seed=3, K=K)
+    order = np.asarray(uni.order)
+    groups = [np.sort(order[:5]), np.sort(order[5:K])]  # labels = class ids (identity)
+    for g, labels in enumerate(groups):
+        following = {int(c): int(labels[(i + 1) % labels.size]) for i, c in enumerate(labels)}
+        in_group = np.isin(b.classes, labels)
+        expected = np.vectorize(lambda c, f=following: f.get(int(c), -1))(b.classes)
+        assert np.array_equal(b.labels[in_group], expected[in_group]), g
+        queries = in_group[:, -1]
+        assert queries.any() and np.all(np.isin(b.labels[queries, -1], labels))  # the target's group is the query's
+        assert np.all(np.asarray(b.group)[queries] == g)
+    assert np.all(b.labels[:, -1] != b.classes[:, -1])
+    assert np.all(np.isin(b.labels, order[:K]))
+
+
+def test_icl_flip_group_of_one_class_uses_the_whole_label_map():
+    """n_high = 1: the single high-frequency class has no other label in its group, so its label moves to the
+    next label of the whole map; the low group still flips within itself."""
+    b, uni = probe("icl_flip", CHAN24, seed=3, n_high=1)
+    order = np.asarray(uni.order)
+    high, low = int(order[0]), np.sort(order[1:10])
+    ranked = np.sort(order[:10])
+    queries_high = b.classes[:, -1] == high
+    assert queries_high.any()
+    assert np.all(b.labels[queries_high, -1] == ranked[(np.searchsorted(ranked, high) + 1) % 10])
+    low_q = ~queries_high
+    assert np.all(np.isin(b.labels[low_q, -1], low)) and np.all(b.labels[low_q, -1] != b.classes[low_q, -1])
 
 
 def test_icl_flip_with_polysemy_never_targets_a_memorised_label():
@@ -102,6 +132,15 @@ def test_icl_flip_with_polysemy_never_targets_a_memorised_label():
     q, target = b.classes[:, -1], b.labels[:, -1]
     own = np.stack([(2 * q) % 31, (2 * q + 1) % 31], axis=1)  # the query class's two memorised labels
     assert not np.any((own == target[:, None]).any(1))
+
+
+def test_icl_novel_labels_are_labels_training_shows():
+    """Identity labels with only K = 20 of 64 training classes active: icl_novel labels its holdout classes with the
+    20 labels training shows, never with the 44 that no trained class carries (their outputs are never trained)."""
+    b, uni = probe("icl_novel", CHAN22, seed=4, K=20)
+    shown = np.asarray(uni.order)[:20]  # identity: label = class id
+    assert np.all(np.isin(b.labels, shown))
+    assert np.unique(b.labels).size == 20
 
 
 @pytest.mark.parametrize("template", [IID, CHAN22], ids=["reddy", "chan2022"])
@@ -251,6 +290,56 @@ def test_finite_training_set(p_novel: float):
     st, p = split(IID, dict(p_bursty=0.5, p_novel=p_novel))
     items = np.asarray(f(uni, p, jax.random.key(0)).items)
     assert len(np.unique(items.reshape(N_SEQ, -1), axis=0)) == N_SEQ
+
+
+_stored = FastJit(dg.stored_sequences, static_argnums=0)
+
+
+def stored_set(template: dg.TaskSpec, N: int, **dynamic) -> tuple[dg.Batch, dg.Universe]:
+    """All N stored sequences of ``template``'s finite training set, in index order."""
+    st, p = split(dataclasses.replace(template, **dynamic), dict(N=N))
+    uni = universe(st)
+    return numpy(_stored(st, uni, p, jnp.arange(N))), uni
+
+
+def test_query_all_classes_makes_every_class_a_query_of_the_stored_set():
+    """Chan 2024, N = 16 >= K = 10: stored sequences 0..9 ask about the classes of ranks 0..9, so every class is a
+    query; without the option a rare class is missing from the queries of this small set. The batches that
+    training draws come from the same stored set."""
+    spec = dataclasses.replace(CHAN24, p_high=0.99)  # 5 rare classes share 1% of the mass
+    b, uni = stored_set(spec, 16, query_all_classes=True)
+    order = np.asarray(uni.order)
+    assert np.array_equal(b.classes[:10, -1], order[:10])
+    assert set(b.classes[:, -1]) == set(order[:10])
+    without, _ = stored_set(spec, 16, query_all_classes=False)
+    assert len(set(without.classes[:, -1])) < 10
+    st, p = split(dataclasses.replace(spec, query_all_classes=True), dict(N=16))
+    drawn = numpy(sampler(st, N_SEQ)(universe(st), p, jax.random.key(0)))
+    stored_rows = {tuple(x) for x in b.classes}
+    assert {tuple(x) for x in drawn.classes} == stored_rows  # every stored sequence drawn, nothing else
+
+
+def test_query_all_classes_needs_N_of_at_least_K():
+    spec = dataclasses.replace(CHAN24, query_all_classes=True)
+    dg.validate(dataclasses.replace(spec, N=10))
+    dg.validate(dataclasses.replace(spec, N=None))  # fresh sequences: nothing to cover
+    with pytest.raises(dg.ConfigError) as e:
+        dg.validate(dataclasses.replace(spec, N=9))
+    assert e.value.field == "task.N" and e.value.value == 9 and "N >= K" in e.value.rule
+
+
+def test_data_seed_redraws_the_stored_set_and_the_classes():
+    """The task's seed is its data seed: another one redraws prototypes, ranking and the stored set; the same one
+    gives them identically."""
+    a, ua = stored_set(CHAN24, 64, seed=0)
+    a2, _ = stored_set(CHAN24, 64, seed=0)
+    b, ub = stored_set(CHAN24, 64, seed=1)
+    for x, y in zip(a, a2, strict=True):
+        assert np.array_equal(x, y)
+    assert not np.any(np.all(a.items == b.items, axis=(1, 2)))
+    assert not np.array_equal(a.classes, b.classes)
+    assert not np.array_equal(np.asarray(ua.order), np.asarray(ub.order))
+    assert not np.any(np.all(np.asarray(ua.prototypes) == np.asarray(ub.prototypes), axis=1))
 
 
 # -------------------------------------------------------------------------------------------------- items
