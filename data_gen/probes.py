@@ -7,9 +7,11 @@ that training never uses, always with fresh sequences, no novel classes and no l
 probe          what it holds                                                                         solved by
 ============== ===================================================================================== ============
 in_dist        sequences from the training distribution                                              either
-icl_novel      holdout classes, labels assigned at random inside each sequence, relevant context     ICL only
-icl_flip       training classes, every label shifted (l -> l + polysemy mod n_labels: the next class's   ICL only
-               label), relevant context; the shifted label is the target, so memory scores 0
+icl_novel      holdout classes, labelled at random inside each sequence with labels that training      ICL only
+               shows, relevant context
+icl_flip       training classes, every label moved to the next label of its class's frequency group   ICL only
+               (``universe.flipped_labels``), relevant context; the moved label is the target, so
+               memory scores 0
 iwl_no_support training classes; no context item shares the query's class or its label              IWL only
 ciwl           as iwl_no_support, but one context item (of another class) carries the query's label  IWL / CIWL
 shots_k        training classes, exactly k context items of the query's class (k = 0 .. L)            accuracy vs shots

@@ -34,7 +34,8 @@ import numpy as np
 from data_gen import ConfigError, TaskParams, TaskStatic, Universe
 from data_gen.universe import labels_of
 from iclwl.analysis import MEASURES
-from iclwl.config import Config, from_dict, members, schema_dict
+from iclwl.compose import compose
+from iclwl.config import Config, members
 from iclwl.context import answer_rows, cosine, label_mixture, visible
 from iclwl.probing import ProbeMetrics, evaluate_member, probe_list
 from iclwl.records import SEED_COORDS
@@ -133,22 +134,6 @@ def format_reference(rows: list[dict[str, Any]]) -> str:
         cells = [f"{np.mean(by_probe[p]):.3f}" if p in by_probe else "" for p in probes]
         lines.append(f"| {predictor} | {setting} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def compose(overrides: list[str]) -> Config:
-    """The validated Config that ``python train.py <overrides>`` would run."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
-
-    ConfigStore.instance().store(name="iclwl_schema", node=schema_dict())
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base=None):
-        raw = hydra_compose(config_name="config", overrides=overrides)
-    data = OmegaConf.to_container(raw, resolve=True)
-    data.pop("hydra", None)
-    return from_dict(data)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,7 +25,7 @@ MEMBERS = {
     "chan2024_prelevant_debug": 2,
     "chan2024_lrelevant": 100,
     "chan2024_phigh": 100,
-    "chan2024_n_cpu": 9,
+    "chan2024_n_cpu": 3,
     "chan2024_prelevant_cpu": 8,
     "chan2024_phigh_cpu": 6,
     "chan2024_lrelevant_cpu": 6,
