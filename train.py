@@ -25,6 +25,7 @@ from iclwl.checkpoints import CheckpointError
 from iclwl.config import from_dict, schema_dict
 from iclwl.preemption import Preempted
 from iclwl.run import NonFiniteLoss, run
+from iclwl.rundir import RunDirError, RunIOError
 
 ConfigStore.instance().store(name="iclwl_schema", node=schema_dict())
 
@@ -43,9 +44,15 @@ def main(raw: DictConfig) -> None:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
+    except RunDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except (CheckpointError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
+    except RunIOError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(4)
     except Preempted as e:
         print(str(e), file=sys.stderr)
         sys.exit(e.exit_code)
@@ -67,6 +74,23 @@ def check_run_dir(argv: list[str]) -> None:
             sys.exit(2)
 
 
+def check_overrides(argv: list[str]) -> None:
+    """Compose a plain run's config the way Hydra will, so that an unknown key, group option or a malformed
+    override is one line and exit code 2 rather than Hydra's report (multirun and Hydra's flags are left to it)."""
+    if any(a.startswith("-") for a in argv):
+        return
+    from iclwl.compose import ComposeError, compose
+
+    try:
+        compose(argv)
+    except ComposeError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except ConfigError:
+        return  # main reports it, in the same words
+
+
 if __name__ == "__main__":
     check_run_dir(sys.argv[1:])
+    check_overrides(sys.argv[1:])
     main()

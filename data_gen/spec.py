@@ -14,6 +14,7 @@ nothing reaches JAX that could fail deep inside a trace.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -255,8 +256,8 @@ def _check_type(spec: TaskSpec) -> None:
         elif ann.startswith("str"):
             ok, rule = isinstance(v, str), "must be a string"
         elif ann.startswith("float"):
-            ok = isinstance(v, numbers.Real) and not isinstance(v, bool)
-            rule = "must be a number"
+            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+            rule = "must be a finite number"
         else:  # a Literal alias
             choices = globals()[ann].__args__
             ok, rule = v in choices, f"must be one of {', '.join(choices)}"

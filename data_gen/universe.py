@@ -63,6 +63,12 @@ def character_images(st: TaskStatic) -> jax.Array:
     return jnp.asarray(pixels.astype(np.float32) / np.float32(255))
 
 
+def universe_bytes(st: TaskStatic) -> int:
+    """Bytes the universe of ``st`` holds once built (float32 and int32 arrays: prototypes, exemplar noise or
+    drawings, ranking); building it takes about twice as much for a moment."""
+    return 4 * (st.n_classes * st.D * (1 + st.exemplars) + 3 * st.max_classes)
+
+
 def make_universe(st: TaskStatic) -> Universe:
     key = jax.random.key(st.seed)
     ids = jnp.arange(st.n_classes)

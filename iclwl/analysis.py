@@ -122,7 +122,10 @@ def _read_run(path: Path) -> Run:
 
 def combine(runs: list[Run]) -> Sweep:
     """One table of rows over all runs, each row with every coordinate, and the coordinates found."""
-    member_coords = list(dict.fromkeys(k for run in runs for r in run.rows for k in r if k not in MEASURES))
+    # a field holding a list or a mapping is a measurement of some kind, never a coordinate
+    nested = {k for run in runs for r in run.rows for k, v in r.items() if isinstance(v, list | dict)}
+    member_coords = list(dict.fromkeys(k for run in runs for r in run.rows for k in r
+                                       if k not in MEASURES and k not in nested))  # fmt: skip
     static = _static_coords(runs, member_coords)
     coords = [c for c in member_coords if c not in SEED_COORDS] + static
     rows, chance, owner = [], {}, {}

@@ -4,11 +4,14 @@ A checkpoint is an Orbax step directory under ``<run dir>/checkpoints`` with two
 optimizer state, health and training meters of every member, plus the members' data and eval keys) and ``meta``
 (JSON: step, resolved config, member coordinates, provenance). Orbax writes a step into a temporary directory and
 renames it when complete, so a crash mid-write never replaces a good checkpoint. A SHA-256 digest of the
-step's files, written after the commit, finds a truncated or damaged file before Orbax reads it. Nothing is
-unpickled.
+step's files, written right after the commit, finds a truncated or damaged file before Orbax reads it; a step
+without its digest (the process stopped between the commit and the digest) is unverified and never used.
+Nothing is unpickled.
 
-A checkpoint that cannot be read (truncated, corrupt) is moved aside to ``checkpoints_unreadable/`` with a
-warning and the previous one is used; with none left the run stops with one line saying so.
+A checkpoint that cannot be read or verified (truncated, corrupt, no digest) is moved aside to
+``checkpoints_unreadable/`` with a warning and the previous one is used; with none left the run stops with one
+line saying so. A failed write (disk full, read-only, permission) raises ``RunIOError``, leaving the older
+checkpoints as they were; Orbax removes the half-written step at the next start.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from iclwl.config import CheckpointConfig, Config
+from iclwl.rundir import RunIOError
 
 
 class CheckpointError(Exception):
@@ -78,15 +82,23 @@ class Checkpoints:
         # Host copies first: the check and Orbax's writers then run nothing on the devices (iclwl/sharding.py says
         # why eager reductions over sharded arrays are avoided).
         tree = jax.device_get(tree)
-        if not _finite(tree["state"]):  # the step guards this already; never overwrite good with bad
-            raise CheckpointError(f"checkpoint at step {step}: the state holds non-finite values; not written")
+        if not _learned_finite(tree["state"]):  # the step guards this already; never overwrite good with bad
+            raise CheckpointError(f"checkpoint at step {step}: the parameters or optimizer state hold non-finite "
+                                  "values; not written")  # fmt: skip
         args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave({**meta, "step": step}))
-        self.manager.save(step, args=args, force=True)
-        self.manager.wait_until_finished()
         step_dir = self.directory / str(step)
-        tmp = step_dir / (DIGEST + ".tmp")
-        tmp.write_text(json.dumps(_digest(step_dir), indent=1))
-        os.replace(tmp, step_dir / DIGEST)  # a digest is whole or absent
+        try:
+            self.manager.save(step, args=args, force=True)
+            self.manager.wait_until_finished()
+            tmp = step_dir / (DIGEST + ".tmp")
+            tmp.write_text(json.dumps(_digest(step_dir), indent=1))
+            os.replace(tmp, step_dir / DIGEST)  # a digest is whole or absent
+        except OSError as e:
+            raise RunIOError(f"{e.filename or step_dir}: {e.strerror or e}; checkpoint at step {step} not "
+                             "written") from None  # fmt: skip
+        except Exception as e:  # Orbax's and TensorStore's writers report a full disk in their own types
+            cause = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise RunIOError(f"{step_dir}: {cause}; checkpoint at step {step} not written") from None
 
     def restore_latest(self, like: Any, check: Callable[[dict[str, Any]], None]) -> Restored | None:
         """The newest readable checkpoint (``like``: abstract tree of the state), or None if there is none.
@@ -102,8 +114,8 @@ class Checkpoints:
             check(dict(meta))  # a refusal is the user's to fix, not damage: leave the checkpoint where it is
             try:
                 got = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like)))
-                if not _finite(jax.device_get(got["state"]["state"])):
-                    raise ValueError("non-finite values")
+                if not _learned_finite(jax.device_get(got["state"]["state"])):
+                    raise ValueError("non-finite parameters or optimizer state")
                 return Restored(step, got["state"], dict(meta))
             except Exception as e:
                 self._set_aside(step, e)
@@ -127,11 +139,17 @@ class Checkpoints:
         self.manager.reload()
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()
+        except Exception as e:  # closing after a failed write must not hide why the run ended
+            warnings.warn(f"closing the checkpoints in {self.directory}: {e}", stacklevel=2)
 
 
-def _finite(tree: Any) -> bool:
-    return all(np.isfinite(x).all() for x in jax.tree.leaves(tree) if np.issubdtype(np.asarray(x).dtype, np.inexact))
+def _learned_finite(state: Any) -> bool:
+    """Whether a TrainState's parameters and optimizer state are finite. Its health may hold the non-finite loss
+    of the step that stopped a member (which kept its last good state): that is a record, not damage."""
+    leaves = jax.tree.leaves((state.params, state.opt_state))
+    return all(np.isfinite(x).all() for x in leaves if np.issubdtype(np.asarray(x).dtype, np.inexact))
 
 
 def _digest(step_dir: Path) -> dict[str, str]:
@@ -142,8 +160,8 @@ def _digest(step_dir: Path) -> dict[str, str]:
 
 def _verify(step_dir: Path) -> None:
     path = step_dir / DIGEST
-    if not path.exists():  # the process died between Orbax's commit and the digest: let Orbax judge
-        return
+    if not path.exists():  # the process stopped between Orbax's commit and the digest: nothing vouches for it
+        raise ValueError("it has no digest (the run stopped before the checkpoint was verified)")
     want, have = json.loads(path.read_text()), _digest(step_dir)
     for name, digest in want.items():
         if have.get(name) != digest:

@@ -215,6 +215,8 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(path, value, "must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(path, value, "must be a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -306,6 +308,7 @@ def validate_config(cfg: Config) -> Config:
     for k in OPTIM_FIELDS:
         for v in getattr(cfg.sweep, k) or ():
             _need(isinstance(v, int | float) and not isinstance(v, bool), f"sweep.{k}", v, "values must be numbers")
+            _need(math.isfinite(v), f"sweep.{k}", v, "values must be finite numbers")
     for i, o in enumerate(member_optims(cfg)):
         where = f" (member {i}: {members(cfg)[i]})" if cfg.sweep.lr or cfg.sweep.weight_decay else ""
         _need(o.lr > 0, "optim.lr", o.lr, "must be > 0" + where)

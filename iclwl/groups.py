@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_gen import ConfigError, TaskStatic, Universe
-from iclwl.config import Config
+from data_gen.universe import universe_bytes
+from iclwl.config import Config, member_tasks
 from iclwl.sharding import Layout
 from iclwl.training import Health, MemberInputs, Meter, Program, TrainState, compiled, zero_meter
 
@@ -119,6 +120,24 @@ def free_bytes(device) -> int | None:
         except (ValueError, OSError):
             return None
     return host // max(len([d for d in jax.local_devices() if d.platform == device.platform]), 1)
+
+
+def check_universes_fit(cfg: Config, st: TaskStatic) -> None:
+    """Refuse, before anything is allocated, class universes larger than the memory free on the first device
+    (the host's for CPU devices): the shared one, or one per member with their own data seeds."""
+    seeds = [t.seed for t in member_tasks(cfg)]
+    copies = 1 if len(set(seeds)) == 1 else len(seeds) + len(set(seeds))  # stacked per member, plus each built once
+    need = 2 * copies * universe_bytes(st)  # twice: while building
+    device = jax.local_devices()[0]
+    have = free_bytes(device)
+    if have is not None and device.platform == "cpu":
+        have *= len([d for d in jax.local_devices() if d.platform == "cpu"])  # free_bytes gave one device's share
+    if have is not None and need > cfg.train.memory_fraction * have:
+        what = f"{copies} of them, " if copies > 1 else ""
+        raise ConfigError("task.n_classes", cfg.task.n_classes,
+                          f"the class universe ({what}n_classes x D x (1 + exemplars) numbers) needs about "
+                          f"{need / GiB:.2f} GiB, more than the {cfg.train.memory_fraction * have / GiB:.2f} GiB "
+                          "available; lower task.n_classes, task.exemplars or task.D")  # fmt: skip
 
 
 def fit_groups(cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array, mem: MemberInputs,

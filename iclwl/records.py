@@ -23,6 +23,7 @@ lack them; readers take what is there.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -53,7 +54,9 @@ class MetricsFile:
         self.file.flush()
 
     def close(self) -> None:
-        self.file.close()
+        # after a failed write (reported already) closing may fail too; what reached the file stays readable
+        with contextlib.suppress(OSError):
+            self.file.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

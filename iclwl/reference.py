@@ -34,7 +34,7 @@ import numpy as np
 from data_gen import ConfigError, TaskParams, TaskStatic, Universe
 from data_gen.universe import labels_of
 from iclwl.analysis import MEASURES
-from iclwl.compose import compose
+from iclwl.compose import ComposeError, compose
 from iclwl.config import Config, members
 from iclwl.context import answer_rows, cosine, label_mixture, visible
 from iclwl.probing import ProbeMetrics, evaluate_member, probe_list
@@ -142,14 +142,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (task=chan2024 ...)")
     parser.add_argument("--out", type=Path, help="also write the rows here (JSON lines, the metrics.jsonl schema)")
     args = parser.parse_args(argv)
+    if args.out is not None and not args.out.parent.is_dir():
+        print(f"error: --out = {args.out}: its directory {args.out.parent} does not exist", file=sys.stderr)
+        sys.exit(2)
     try:
         rows = evaluate_reference(compose(args.overrides))
-    except ConfigError as e:
+    except (ConfigError, ComposeError) as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
     print(format_reference(rows))
     if args.out is not None:
-        args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        try:
+            args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        except OSError as e:
+            print(f"error: --out = {args.out}: {e.strerror}", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -101,11 +101,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         print(f"error: --seeds = {args.seeds}: must be >= 1", file=sys.stderr)
         return 2
+    from iclwl.checkpoints import CheckpointError
+    from iclwl.compose import ComposeError
+    from iclwl.preemption import Preempted
+    from iclwl.report import ReportError
+    from iclwl.run import NonFiniteLoss
+    from iclwl.rundir import RunDirError, RunIOError
+
     try:
         written = reproduce(args.entry, args.out, args.seeds)
-    except ConfigError as e:
+    except (ConfigError, ComposeError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except (RunDirError, ReportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (CheckpointError, NonFiniteLoss) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except RunIOError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
+    except Preempted as e:
+        print(f"{e}; rerun the same command to continue", file=sys.stderr)
+        return e.exit_code
     print(written[0].read_text())
     print("wrote: " + ", ".join(str(p) for p in written))
     return 0

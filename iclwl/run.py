@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,13 @@ from data_gen import ConfigError, TaskStatic
 from iclwl import analysis
 from iclwl.checkpoints import CheckpointError, Checkpoints, checkpoint_steps, resume_conflicts
 from iclwl.config import Config, members
-from iclwl.groups import fit_groups
+from iclwl.groups import check_universes_fit, fit_groups
 from iclwl.mechanisms import SOURCES, headline, per_head
 from iclwl.plots import plot_run
 from iclwl.preemption import Preempted, StopRequests
 from iclwl.probing import ProbeMetrics, probe_list
 from iclwl.records import MetricsFile, format_table, provenance, read_metrics, truncate_metrics, write_config
+from iclwl.rundir import check_target, owned, prepare, writing
 from iclwl.sharding import use_cpu_devices
 from iclwl.training import Health, Meter, Program, compiled, ensemble_static, member_inputs, shared_universe
 from iclwl.wandb_sink import WandbSink, require_wandb
@@ -81,22 +81,26 @@ def _train_rows(step: int, meter: Meter, health: Health, coords: list[dict[str, 
 
 
 class NonFiniteLoss(Exception):
-    """Every member has stopped on a non-finite step; the last checkpoint holds their last good state."""
+    """Every member has stopped on a non-finite step; the message says where their last good states are."""
 
 
 def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     """Train the ensemble of ``cfg``; write metrics.jsonl, config.json, provenance.json, checkpoints/,
     summary.md and curves.png under ``out_dir`` (or under ``cfg.train.resume``, continuing that run).
-    Returns the summary table."""
-    out_dir = Path(cfg.train.resume) if cfg.train.resume else out_dir
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        writable, why = os.access(out_dir, os.W_OK), "permission denied"
-    except OSError as e:
-        writable, why = False, e.strerror
-    if not writable:
-        raise ConfigError("output dir", str(out_dir), f"must be writable ({why})")
+    Returns the summary table.
+
+    The directory is checked before anything in it is touched (``iclwl.rundir``) and owned by this process while
+    it trains; a failed write ends the run with a ``RunIOError`` naming the path and the cause."""
+    resume = cfg.train.resume is not None
+    out_dir = Path(cfg.train.resume) if resume else out_dir
+    check_target(out_dir, resume)
+    prepare(out_dir)
     require_wandb(cfg.wandb)  # a W&B mode without the package: refused before anything compiles
+    with owned(out_dir):
+        return _run(cfg, out_dir)
+
+
+def _run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     use_cpu_devices(cfg.train.cpu_devices)  # before JAX runs anything
     st = ensemble_static(cfg)
     coords = members(cfg)
@@ -104,6 +108,7 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     total = cfg.train.steps
     evals = eval_schedule(total, cfg.probes.n_log, cfg.probes.every)
     saves, forever = checkpoint_steps(cfg.checkpoint, total, evals)
+    check_universes_fit(cfg, st)  # before member_inputs builds them
     init_keys, mem = member_inputs(cfg)
     ckpts = Checkpoints(out_dir / "checkpoints", cfg.checkpoint, forever) if cfg.checkpoint.enabled else None
     fresh = {"state": jax.eval_shape(compiled(Program.of(cfg, st)).init, init_keys),  # what a checkpoint holds
@@ -127,20 +132,23 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     if restored is not None:
         ens.load(restored.tree["state"])
         t = restored.step
-        dropped = truncate_metrics(metrics_path, t)
+        with writing(metrics_path):
+            dropped = truncate_metrics(metrics_path, t)
         print(f"resuming at step {t} from {ckpts.directory / str(t)}" + (f"; dropped {dropped} metrics rows "
               "written after it" if dropped else ""))  # fmt: skip
     else:
-        if metrics_path.exists():
-            metrics_path.unlink()  # rows of an earlier start that left no checkpoint
+        if metrics_path.exists():  # a run directory's own rows, of an earlier start that left no checkpoint
+            metrics_path.unlink()
         t = 0
-    write_config(out_dir / "config.json", cfg)  # after the resume check: a refused config leaves the record alone
-    (out_dir / "provenance.json").write_text(json.dumps(origin, indent=2) + "\n")
-    metrics = MetricsFile(metrics_path)
+    with writing(out_dir):  # after the resume check: a refused config leaves the record alone
+        write_config(out_dir / "config.json", cfg)
+        (out_dir / "provenance.json").write_text(json.dumps(origin, indent=2) + "\n")
+        metrics = MetricsFile(metrics_path)
     sink = WandbSink(cfg.wandb, dataclasses.asdict(cfg), origin, coords, out_dir, cfg.name, None, start_step=t)
 
     def record(rows: list[dict[str, Any]]) -> None:
-        metrics.write(rows)  # the record; W&B only mirrors it
+        with writing(metrics_path):
+            metrics.write(rows)  # the record; W&B only mirrors it
         sink.write(rows)
 
     if t == 0:
@@ -165,7 +173,10 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
                     health = ens.health()  # the one host sync of the chunk
                     bar.update(end - t)
                     t = end
-                    alive = _report_failures(alive, health, coords)
+                    alive, dead = _report_failures(alive, health, coords)
+                    if dead:  # the members keep their last good states: save them, then stop
+                        save(t)
+                        raise NonFiniteLoss(_all_stopped(health, t if ckpts is not None else None))
                     if stop.signum is not None and t < target:  # at the target: evaluate first
                         save(t)
                         raise Preempted(stop.signum, t)
@@ -187,19 +198,21 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     return _finish(cfg, out_dir, coords, st)
 
 
-def _report_failures(alive: np.ndarray, health, coords: list[dict[str, Any]]) -> np.ndarray:
-    """Print each member that stopped since the last look; stop the run when none is left."""
+def _report_failures(alive: np.ndarray, health, coords: list[dict[str, Any]]) -> tuple[np.ndarray, bool]:
+    """Print each member that stopped since the last look; returns who is alive and whether none is."""
     now = np.asarray(health.alive)
     for m in np.flatnonzero(alive & ~now):
-        print(f"member {m} ({_coord_text(coords[m])}): non-finite loss or parameters at step "
+        print(f"member {m} ({_coord_text(coords[m])}): non-finite loss, parameters or optimizer state at step "
               f"{int(health.bad_step[m])} (loss {float(health.bad_loss[m])}); this member stopped and keeps "
-              "its last good parameters", file=sys.stderr)  # fmt: skip
-    if not now.any():
-        raise NonFiniteLoss(
-            f"every member stopped on a non-finite step (first at step {int(health.bad_step.min())}); "
-            "the last checkpoint holds the last good state. Lower optim.lr or set optim.clip_norm."
-        )
-    return now
+              "its last good parameters and optimizer state", file=sys.stderr)  # fmt: skip
+    return now, not now.any()
+
+
+def _all_stopped(health, saved_at: int | None) -> str:
+    where = (f"the checkpoint at step {saved_at} holds each member's last good state" if saved_at is not None
+             else "no checkpoint was written (checkpoint.enabled=false)")  # fmt: skip
+    return (f"every member stopped on a non-finite step (first at step {int(health.bad_step.min())}); {where}. "
+            "Lower optim.lr or set optim.clip_norm.")  # fmt: skip
 
 
 def _coord_text(coord: dict[str, Any]) -> str:
@@ -220,9 +233,11 @@ def _finish(cfg: Config, out_dir: Path, coords: list[dict[str, Any]], st: TaskSt
     sweep = analysis.of_run(rows, keys, st.n_labels)
     table = analysis.summarise(sweep, analysis.probes_of(sweep), drop_threshold=0.1, level=None)
     text = format_table(table)
-    (out_dir / "summary.md").write_text(text + "\n")
+    with writing(out_dir / "summary.md"):
+        (out_dir / "summary.md").write_text(text + "\n")
     print(text)
     if cfg.logging.plot:
-        plot_run(rows, keys, out_dir / "curves.png", chance=1.0 / st.n_labels, title=cfg.name)
+        with writing(out_dir / "curves.png"):
+            plot_run(rows, keys, out_dir / "curves.png", chance=1.0 / st.n_labels, title=cfg.name)
     print(f"outputs: {out_dir}")
     return table

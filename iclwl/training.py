@@ -68,7 +68,8 @@ def streams(seed: int, data_seed: int | None = None) -> Streams:
 
 
 class Health(NamedTuple):
-    """A member whose step would give a non-finite loss or parameters stops: it keeps its last good state."""
+    """A member whose step would give a non-finite loss, parameters or optimizer state stops: it keeps its last
+    good parameters and optimizer state, and trains no more."""
 
     alive: jax.Array  # bool
     bad_step: jax.Array  # int32: the step that failed (-1 while alive)
@@ -239,7 +240,7 @@ class Ensemble:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         h = state.health
-        finite = jnp.isfinite(loss) & all_finite(params)
+        finite = jnp.isfinite(loss) & all_finite(params) & all_finite(opt_state)
         take = h.alive & finite
         params, opt_state = jax.tree.map(lambda new, old: jnp.where(take, new, old),
                                          (params, opt_state), (state.params, state.opt_state))  # fmt: skip

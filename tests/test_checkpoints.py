@@ -154,17 +154,14 @@ def test_resume_allows_more_steps_and_continues(reference, tmp_path):
     assert steps[-1] == 80 and len(rows) == len(set(rows)), "no duplicated rows"
 
 
-def test_resume_in_another_directory_via_train_resume(reference, tmp_path):
+def test_resume_in_another_directory_via_train_resume(reference, tmp_path, monkeypatch):
     cfg, ref = reference
+    monkeypatch.setattr(run_module, "StopRequests", lambda: StopAfter(2))
+    with pytest.raises(Preempted):
+        run(cfg, tmp_path / "run")
+    monkeypatch.undo()
     elsewhere = tmp_path / "hydra_dir"
     cont = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=str(tmp_path / "run")))
-    monkey_stop = run_module.StopRequests
-    run_module.StopRequests = lambda: StopAfter(2)
-    try:
-        with pytest.raises(Preempted):
-            run(cont, elsewhere)
-    finally:
-        run_module.StopRequests = monkey_stop
     run(cont, elsewhere)
     assert not (elsewhere / "metrics.jsonl").exists()
     assert_same_run(ref, tmp_path / "run", cfg)
@@ -201,7 +198,10 @@ def test_huge_learning_rate_stops_the_run_and_keeps_a_loadable_checkpoint(tmp_pa
     with pytest.raises(NonFiniteLoss, match="every member stopped"):
         run(cfg, tmp_path)
     err = capsys.readouterr().err
-    assert "member 0 (seed=0): non-finite loss or parameters at step" in err and "member 1 (seed=1)" in err
+    assert (
+        "member 0 (seed=0): non-finite loss, parameters or optimizer state at step" in err
+        and "member 1 (seed=1)" in err
+    )
     _, params = final_params(tmp_path, cfg)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
