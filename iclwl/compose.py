@@ -6,7 +6,10 @@ from pathlib import Path
 
 from iclwl.config import Config, from_dict, schema_dict
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+_CHECKOUT_CONF = Path(__file__).resolve().parents[1] / "conf"
+# the configs: a checkout's conf/ (an editable install or a plain checkout), else the installed package iclwl.conf
+IN_CHECKOUT = (_CHECKOUT_CONF / "config.yaml").is_file() and (_CHECKOUT_CONF / "experiment").is_dir()
+CONFIG_PATH = str(_CHECKOUT_CONF) if IN_CHECKOUT else "pkg://iclwl.conf"
 
 
 class ComposeError(Exception):
@@ -17,7 +20,7 @@ def compose(overrides: list[str]) -> Config:
     """The validated Config of ``conf/`` with these Hydra overrides (``experiment=...``, ``task.L=4``, ...).
     Raises ComposeError for what Hydra refuses and ConfigError for what the schema refuses."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import initialize_config_dir, initialize_config_module
     from hydra.core.config_store import ConfigStore
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -25,7 +28,9 @@ def compose(overrides: list[str]) -> Config:
 
     ConfigStore.instance().store(name="iclwl_schema", node=schema_dict())
     try:
-        with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        source = (initialize_config_dir(config_dir=CONFIG_PATH, version_base=None) if IN_CHECKOUT
+                  else initialize_config_module(config_module="iclwl.conf", version_base=None))  # fmt: skip
+        with source:
             raw = hydra_compose(config_name="config", overrides=overrides)
         data = OmegaConf.to_container(raw, resolve=True)
     except (HydraException, OmegaConfBaseException) as e:

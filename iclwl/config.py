@@ -287,6 +287,21 @@ def member_optims(cfg: Config) -> list[OptimConfig]:
             for m in members(cfg)]  # fmt: skip
 
 
+def member_config(cfg: Config, i: int) -> dict[str, Any]:
+    """The config member ``i`` actually trains with, as plain data: its own task (swept fields, data seed) and
+    optimizer values in place of the base ones (what a dashboard groups and filters by)."""
+    effective = dataclasses.replace(cfg, task=member_tasks(cfg)[i], optim=member_optims(cfg)[i])
+    return dataclasses.asdict(effective)
+
+
+def static_knobs(cfg: Config) -> dict[str, Any]:
+    """The compiled-in settings of a job that a multirun sweeps with -m (context length, item dimension, model
+    shape), flat, for the top of a dashboard's run config."""
+    t, m = cfg.task, cfg.model
+    return {"L": t.L, "D": t.D, "n_labels": t.n_labels, "n_classes": t.n_classes, "arch": m.arch,
+            "n_layers": m.n_layers, "n_heads": m.n_heads, "d_model": m.d_model}  # fmt: skip
+
+
 def _need(ok: bool, path: str, value: Any, rule: str) -> None:
     if not ok:
         raise ConfigError(path, value, rule)

@@ -3,6 +3,8 @@ report's curves over many runs), the report's phase diagrams over two coordinate
 against step (mechanisms.png).
 
 Lines are the mean over seeds, the band their min..max. The x axis is log-scaled (symlog, so step 0 shows).
+Every function returns its matplotlib Figure (a notebook shows it) and also writes it when given a path. Figures
+are built without pyplot, so importing this module chooses no backend and a training process opens no window.
 """
 
 from __future__ import annotations
@@ -12,10 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from iclwl.analysis import sort_key
 from iclwl.records import setting_of
@@ -29,13 +29,15 @@ STYLE = {
 }
 
 
-def plot_run(rows: list[dict[str, Any]], coords: list[str], path: Path, chance: float, title: str = "") -> None:
+def plot_run(
+    rows: list[dict[str, Any]], coords: list[str], path: Path | None, chance: float, title: str = ""
+) -> Figure:
     curves: dict[tuple, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in rows:
         if r["probe"] != "train":
             curves[setting_of(r, coords)][r["probe"]][r["step"]].append(r["acc"])
     settings = sorted(curves, key=str)
-    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 4), squeeze=False, sharey=True)
+    fig, axes = _subplots(1, len(settings), figsize=(5.2 * len(settings), 4), squeeze=False, sharey=True)
     for ax, setting in zip(axes[0], settings, strict=True):
         for probe, by_step in curves[setting].items():
             if probe.startswith(("shots_", "distance_")):
@@ -58,25 +60,37 @@ def plot_run(rows: list[dict[str, Any]], coords: list[str], path: Path, chance: 
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return _saved(fig, path, dpi=120)
 
 
 # ------------------------------------------------------------------------------ report figures over many runs
+
+
+def _subplots(nrows: int, ncols: int, **kwargs):
+    """A Figure and its axes grid, as pyplot.subplots gives them, without pyplot's backend or figure registry."""
+    layout = kwargs.pop("layout", None)
+    fig = Figure(figsize=kwargs.pop("figsize"), layout=layout)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def _saved(fig: Figure, path: Path | None, dpi: int) -> Figure:
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    return fig
 
 
 def _setting_title(setting: tuple) -> str:
     return ", ".join(f"{k}={v}" for k, v in setting) or "all runs"
 
 
-def plot_settings(curves: dict, probes: list[str], chance: dict, path: Path) -> None:
+def plot_settings(curves: dict, probes: list[str], chance: dict, path: Path | None = None) -> Figure:
     """One panel per setting: each probe's seed mean against step, band = min..max over seeds; its rare and
     common frequency groups (series ``probe:rare`` / ``probe:common`` in ``curves``), where present, as thin
     dashed / dotted lines. ``curves`` maps (setting, series) to an ``iclwl.analysis.Curve``."""
     settings = list(dict.fromkeys(s for s, _ in curves))
     ncols = min(len(settings), 4)
     nrows = -(-len(settings) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False, sharey=True)
+    fig, axes = _subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False, sharey=True)
     for ax, setting in zip(axes.flat, settings, strict=False):
         for i, probe in enumerate(probes):
             color = STYLE.get(probe, (f"C{i}", "-"))[0]
@@ -102,11 +116,12 @@ def plot_settings(curves: dict, probes: list[str], chance: dict, path: Path) -> 
         ax.set_ylabel("accuracy")
     axes.flat[0].legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return _saved(fig, path, dpi=100)
 
 
-def plot_phase(table: list[dict[str, Any]], coords: list[str], x: str, y: str, probes: list[str], path: Path) -> None:
+def plot_phase(
+    table: list[dict[str, Any]], coords: list[str], x: str, y: str, probes: list[str], path: Path | None = None
+) -> Figure:
     """Phase diagrams: final and peak seed-mean accuracy of each probe over coordinates ``x`` and ``y``; one row
     of panels per combination of the other coordinates. ``table`` rows come from ``iclwl.analysis.summarise``."""
 
@@ -118,7 +133,7 @@ def plot_phase(table: list[dict[str, Any]], coords: list[str], x: str, y: str, p
     xs, ys = values(x, table), values(y, table)
     panels = [(p, m) for p in probes for m in ("final", "peak")]
     size = (1.2 + len(panels) * (1.2 + 0.55 * len(xs)), len(facets) * (1.6 + 0.45 * len(ys)))
-    fig, axes = plt.subplots(len(facets), len(panels), figsize=size, squeeze=False, layout="constrained")
+    fig, axes = _subplots(len(facets), len(panels), figsize=size, squeeze=False, layout="constrained")
     for row, facet in enumerate(facets):
         for col, (probe, measure) in enumerate(panels):
             grid = np.full((len(ys), len(xs)), np.nan)
@@ -139,8 +154,7 @@ def plot_phase(table: list[dict[str, Any]], coords: list[str], x: str, y: str, p
             title = f"{measure} {probe}" + (f"\n{_setting_title(facet)}" if facet else "")
             ax.set_title(title, fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy (seed mean)")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return _saved(fig, path, dpi=100)
 
 
 MEASURE_STYLE = {
@@ -152,7 +166,7 @@ SOURCE_COLORS = {"same_class": "tab:blue", "memorised": "tab:red", "context": "t
 
 
 def plot_mechanisms(curves: dict, table: list[dict[str, Any]], probes: tuple[str, str, str, str], chance: dict,
-                    path: Path) -> None:  # fmt: skip
+                    path: Path | None = None) -> Figure:  # fmt: skip
     """Per setting, two panels over training step. Top: the ICL and IWL probes' accuracy and the mechanistic
     measures of the measure probe, on one axis, with the onsets of ICL and of the induction score as vertical
     lines (from ``table``, iclwl.report.mechanism_table). Bottom: where the sources probe's answers come from.
@@ -160,7 +174,7 @@ def plot_mechanisms(curves: dict, table: list[dict[str, Any]], probes: tuple[str
     icl, iwl, measured, sourced = probes
     ncols = min(len(table), 4)
     nrows = -(-len(table) // ncols)
-    fig, axes = plt.subplots(2 * nrows, ncols, figsize=(4.6 * ncols, 6.4 * nrows), squeeze=False, sharex=True)
+    fig, axes = _subplots(2 * nrows, ncols, figsize=(4.6 * ncols, 6.4 * nrows), squeeze=False, sharex=True)
     for i, row in enumerate(table):
         setting = row["key"]
         top, bottom = axes[2 * (i // ncols)][i % ncols], axes[2 * (i // ncols) + 1][i % ncols]
@@ -195,24 +209,23 @@ def plot_mechanisms(curves: dict, table: list[dict[str, Any]], probes: tuple[str
         axes[2 * (i // ncols)][i % ncols].set_visible(False)
         axes[2 * (i // ncols) + 1][i % ncols].set_visible(False)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return _saved(fig, path, dpi=90)
 
 
-def plot_families(table: list[dict[str, Any]], chance: dict, path: Path) -> None:
+def plot_families(table: list[dict[str, Any]], chance: dict, path: Path | None = None) -> Figure:
     """One row of panels per setting, one column per family (accuracy against shots k, against distance d):
     a line per chosen step, coloured from early (light) to late (dark), the band the min..max over seeds.
     ``table`` rows come from ``iclwl.family_report.family_table``."""
     settings = list(dict.fromkeys(t["key"] for t in table))
     families = list(dict.fromkeys(t["family"] for t in table))
-    fig, axes = plt.subplots(len(settings), len(families), figsize=(4.6 * len(families), 3.4 * len(settings)),
+    fig, axes = _subplots(len(settings), len(families), figsize=(4.6 * len(families), 3.4 * len(settings)),
                              squeeze=False)  # fmt: skip
     for i, setting in enumerate(settings):
         for j, family in enumerate(families):
             ax = axes[i][j]
             rows = [t for t in table if t["key"] == setting and t["family"] == family]
             steps = list(dict.fromkeys(t["step"] for t in rows))
-            colors = plt.cm.viridis_r(np.linspace(0.25, 1.0, len(steps)))
+            colors = matplotlib.colormaps["viridis_r"](np.linspace(0.25, 1.0, len(steps)))
             for step, color in zip(steps, colors, strict=True):
                 line = [t for t in rows if t["step"] == step]
                 ks = [t["k"] for t in line]
@@ -229,5 +242,4 @@ def plot_families(table: list[dict[str, Any]], chance: dict, path: Path) -> None
             if rows:
                 ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return _saved(fig, path, dpi=90)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import os
 import platform
@@ -94,16 +95,26 @@ def provenance() -> dict[str, Any]:
     import optax
     import orbax.checkpoint
 
+    checkout = Path(__file__).resolve().parents[1]
+
     def git(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=checkout)
             return out.stdout.strip() if out.returncode == 0 else None
         except (OSError, subprocess.SubprocessError):
             return None
 
+    # the git commit only of this project's own checkout: an installed package may sit inside another repository
+    top = git("rev-parse", "--show-toplevel")
+    in_checkout = top is not None and Path(top).resolve() == checkout and (checkout / "pyproject.toml").is_file()
+    try:
+        version = importlib.metadata.version("iclwl")
+    except importlib.metadata.PackageNotFoundError:  # a checkout used without installing it
+        version = None
     return {
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain")),
+        "iclwl_version": version,
+        "git_commit": git("rev-parse", "HEAD") if in_checkout else None,
+        "git_dirty": bool(git("status", "--porcelain")) if in_checkout else None,
         "python": platform.python_version(),
         "versions": {
             m.__name__: getattr(m, "__version__", None) for m in (jax, flax, optax, orbax.checkpoint, np, hydra)

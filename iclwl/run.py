@@ -22,7 +22,7 @@ from tqdm import tqdm
 from data_gen import ConfigError, TaskStatic
 from iclwl import analysis
 from iclwl.checkpoints import CheckpointError, Checkpoints, checkpoint_steps, resume_conflicts
-from iclwl.config import Config, members
+from iclwl.config import Config, member_config, members, static_knobs
 from iclwl.groups import check_universes_fit, fit_groups
 from iclwl.mechanisms import SOURCES, headline, per_head
 from iclwl.plots import plot_run
@@ -144,7 +144,9 @@ def _run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
         write_config(out_dir / "config.json", cfg)
         (out_dir / "provenance.json").write_text(json.dumps(origin, indent=2) + "\n")
         metrics = MetricsFile(metrics_path)
-    sink = WandbSink(cfg.wandb, dataclasses.asdict(cfg), origin, coords, out_dir, cfg.name, None, start_step=t)
+    effective = [member_config(cfg, i) for i in range(len(coords))] if cfg.wandb.mode != "disabled" else []
+    sink = WandbSink(cfg.wandb, effective, origin, coords, out_dir, cfg.name, None, start_step=t,
+                     static=static_knobs(cfg))  # fmt: skip
 
     def record(rows: list[dict[str, Any]]) -> None:
         with writing(metrics_path):

@@ -1,8 +1,10 @@
 """Optional Weights & Biases sink: the rows run.py writes to metrics.jsonl, also sent to W&B.
 
-One W&B run per ensemble member (``wandb.per_member=true``): its coordinates (``seed``, swept fields) sit at the top
-of the run's config, so the W&B UI can group runs by them and draw mean ± spread over seeds; the resolved config and
-the provenance are nested under ``config`` and ``provenance``. All members of a run, and all jobs of a Hydra
+One W&B run per ensemble member (``wandb.per_member=true``): its coordinates (``seed``, swept fields) and the job's
+compiled-in knobs (``L``, ``D``, model shape: what a Hydra multirun sweeps with -m) sit at the top of the run's
+config, so the W&B UI can group runs by them (p_relevant x L across a multirun) and draw mean ± spread over seeds.
+The member's own resolved config (its swept task and optimizer values in place, not the base ones) and the
+provenance are nested under ``config`` and ``provenance``. All members of a run, and all jobs of a Hydra
 multirun, share one W&B group. Metric names are ``<probe>/<field>`` (``icl_novel/acc``, ``iwl_no_support/acc_rare``,
 ``train/loss``) against the training step ``step``; with ``per_member=false`` one run holds every member under
 ``m<member>/<probe>/<field>``. The mechanistic measures go the same way (``icl_novel/induction``,
@@ -80,15 +82,18 @@ class WandbSink:
     def __init__(
         self,
         cfg: WandbConfig,
-        run_config: dict[str, Any],
+        run_config: dict[str, Any] | list[dict[str, Any]],
         provenance: dict[str, Any],
         coords: list[dict[str, Any]],
         out_dir: Path,
         name: str,
         group: str | None,
         start_step: int = 0,
+        static: dict[str, Any] | None = None,
     ):
-        """``group``: the caller's group for this run, used when ``cfg.group`` is null (None = ``default_group``).
+        """``run_config``: the resolved config, or one per member (``config.member_config``), each member's W&B run
+        getting its own; ``static``: the job's compiled-in knobs for the top of every run's config.
+        ``group``: the caller's group for this run, used when ``cfg.group`` is null (None = ``default_group``).
         ``start_step``: the step this run starts from; > 0 = continued from a checkpoint (reopen the W&B runs)."""
         self.cfg = cfg
         self.runs: list[Any] = []  # one per member, or one for all (per_member=false)
@@ -104,7 +109,8 @@ class WandbSink:
         self.last = [s["last_step"] for s in saved] if saved else [None] * len(self.run_members)
         group = cfg.group or group or default_group(name, out_dir)
         root = Path(cfg.dir) if cfg.dir else out_dir
-        self._guard("start", lambda: self._start(run_config, provenance, coords, root, name, group))
+        configs = run_config if isinstance(run_config, list) else [run_config] * len(coords)
+        self._guard("start", lambda: self._start(configs, provenance, coords, root, name, group, static or {}))
 
     def _saved(self) -> list[dict[str, Any]] | None:
         """The ids of the W&B runs of the interrupted run, if it had the same members."""
@@ -121,17 +127,17 @@ class WandbSink:
         tmp.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
         os.replace(tmp, self.ids_path)  # a kill while writing leaves the previous file
 
-    def _start(self, run_config, provenance, coords, root: Path, name: str, group: str) -> None:
+    def _start(self, configs, provenance, coords, root: Path, name: str, group: str, static: dict[str, Any]) -> None:
         import wandb
 
         root.mkdir(parents=True, exist_ok=True)
         self._save()  # before the first log: a crash from here on still resumes these ids
         for i, members in enumerate(self.run_members):
             if self.cfg.per_member:
-                top = {**members[0], "member": i}
+                top, run_config = {**static, **members[0], "member": i}, configs[i]
                 label = f"{name} m{i} " + " ".join(f"{k}={v}" for k, v in members[0].items())
-            else:
-                top, label = {"members": coords}, name
+            else:  # one run for every member: the base config, each member's values under members
+                top, label, run_config = {**static, "members": coords}, name, configs[0]
             run = wandb.init(
                 entity=self.cfg.entity, project=self.cfg.project, group=group, job_type="train", name=label,
                 tags=list(self.cfg.tags), dir=str(root), id=self.ids[i], resume="allow", mode=self.cfg.mode,

@@ -284,3 +284,25 @@ def test_a_failing_wandb_leaves_training_and_metrics_intact(tmp_path, monkeypatc
     assert "no network" in capsys.readouterr().err
     a, b = read_metrics(tmp_path / "failing" / "metrics.jsonl"), read_metrics(tmp_path / "plain" / "metrics.jsonl")
     assert a == b and len(a) > 0
+
+
+def test_each_member_run_holds_its_own_values_and_the_jobs_static_knobs(tmp_path):
+    """A p_relevant sweep of 2 members in each of 2 jobs that differ in L (as `-m task.L=2,4` runs them): every
+    W&B run's config has its member's own task.p_relevant (not the base value) and the job's L at the top."""
+    from iclwl.config import SweepConfig
+    from iclwl.run import run
+
+    base = tiny_run_config("offline")
+    seen = set()
+    for L in (2, 4):
+        task = dataclasses.replace(base.task, L=L, B=1, p_relevant=0.9, p_bursty=0.0)
+        cfg = dataclasses.replace(base, task=task, sweep=SweepConfig(p_relevant=(0.5, 1.0)),
+                                  train=dataclasses.replace(base.train, seeds=(0,)))  # fmt: skip
+        run(cfg, tmp_path / f"L{L}")
+        for entry in json.loads((tmp_path / f"L{L}" / IDS_FILE).read_text())["runs"]:
+            _, config, _ = run_info(offline_runs(tmp_path / f"L{L}")[entry["id"]][0])
+            assert config["L"] == L and config["d_model"] == base.model.d_model
+            assert config["config"]["task"]["p_relevant"] == config["p_relevant"]  # the member's own value
+            assert config["config"]["task"]["L"] == L
+            seen.add((config["L"], config["p_relevant"]))
+    assert seen == {(2, 0.5), (2, 1.0), (4, 0.5), (4, 1.0)}

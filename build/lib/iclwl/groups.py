@@ -1,0 +1,174 @@
+"""An ensemble as consecutive groups of members: one group per compiled call, as many groups as memory needs.
+
+Members never interact, so training them a group at a time gives the numbers of one program holding all of
+them. Every group has the same size (the last one is padded with copies of its last member, whose results are
+dropped), so one compilation serves every group. Within each chunk of steps the groups run one after another;
+evaluations, checkpoints and metrics always see the whole ensemble in member order.
+
+How big a group may be is measured, not guessed: the training chunk and the evaluation are compiled for the
+candidate size (that compilation is reused when the run starts), XLA reports the bytes each needs per device,
+and they are compared with the memory the devices have free. A grid that does not fit is split and the run
+says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data_gen import ConfigError, TaskStatic, Universe
+from data_gen.universe import universe_bytes
+from iclwl.config import Config, member_tasks
+from iclwl.sharding import Layout
+from iclwl.training import Health, MemberInputs, Meter, Program, TrainState, compiled, zero_meter
+
+GiB = 2**30
+
+
+class Groups:
+    """The whole ensemble of ``cfg`` in groups of ``size`` members, each group's state on the devices."""
+
+    def __init__(self, cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array, mem: MemberInputs,
+                 size: int, devices: list | None = None):  # fmt: skip
+        self.M, self.size = len(init_keys), size
+        self.count = math.ceil(self.M / size)
+        self.layout = Layout.for_members(size, cfg.train.batch_size, devices)
+        self.ens = compiled(Program.of(cfg, st, self.layout.mesh))
+        self.uni = self.layout.put_replicated(uni)
+        # member indices of each group; the last group repeats its last member to keep the size
+        self.index = [np.minimum(np.arange(g * size, (g + 1) * size), self.M - 1) for g in range(self.count)]
+        self.mems = [self.layout.put_members(_take(mem, i)) for i in self.index]
+        self.states = [self.ens.init(self.layout.put_members(init_keys[i])) for i in self.index]
+
+    # ---- whole-ensemble views (host side, member order, padding dropped)
+    def _join(self, parts: list[Any]) -> Any:
+        if self.count == 1 and self.size == self.M:
+            return parts[0]
+        return jax.tree.map(lambda *xs: np.concatenate(xs)[: self.M], *jax.device_get(parts))
+
+    def state(self) -> TrainState:
+        """The ensemble's state as one tree with M members, on the host (what a checkpoint holds)."""
+        return jax.device_get(self._join(self.states))
+
+    def load(self, state: TrainState) -> None:
+        self.states = [self.layout.put_members(jax.tree.map(lambda x, i=i: np.asarray(x)[i], state))
+                       for i in self.index]  # fmt: skip
+
+    def health(self) -> Health:
+        return jax.device_get(self._join([s.health for s in self.states]))
+
+    def meter(self) -> Meter:
+        return jax.device_get(self._join([s.meter for s in self.states]))
+
+    # ---- work
+    def train(self, t: int, stop: int, n: int) -> None:
+        """Steps t+1 .. stop of every member (``n``: the compiled chunk length)."""
+        self.states = [self.ens.chunk(self.uni, s, m, jnp.int32(t), jnp.int32(stop), n=n)[0]
+                       for s, m in zip(self.states, self.mems, strict=True)]  # fmt: skip
+
+    def evaluate(self):
+        return jax.device_get(self._join([self.ens.evaluate(self.uni, s.params, m)
+                                          for s, m in zip(self.states, self.mems, strict=True)]))  # fmt: skip
+
+    def reset_meters(self) -> None:
+        self.states = [s._replace(meter=self.layout.put_members(zero_meter(self.size))) for s in self.states]
+
+    def describe(self) -> str:
+        where = self.layout.describe() if self.layout.mesh.size > 1 else "one device"
+        if self.count == 1:
+            return f"{self.M} member(s) in one program on {where}"
+        return f"{self.M} members as {self.count} consecutive groups of {self.size} on {where}"
+
+    def bytes_needed(self, chunk_steps: int) -> int | None:
+        """Bytes per device of the larger of the training chunk and the evaluation, as XLA compiled them
+        (None where the backend does not say). Compiling here is not wasted: the run reuses the programs."""
+        s, m, t = self.states[0], self.mems[0], jnp.int32(0)
+        programs = [self.ens.chunk.lower(self.uni, s, m, t, t, n=chunk_steps),
+                    self.ens.evaluate.lower(self.uni, s.params, m)]  # fmt: skip
+        sizes = []
+        for lowered in programs:
+            stats = lowered.compile().memory_analysis()
+            if stats is None:
+                return None
+            sizes.append(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+                         + stats.temp_size_in_bytes)  # fmt: skip
+        return max(sizes)
+
+
+def _take(tree: Any, index: np.ndarray) -> Any:
+    return jax.tree.map(lambda x: x[index], tree)
+
+
+def free_bytes(device) -> int | None:
+    """Memory a program may still use on ``device``: the accelerator's free memory, or for CPU devices the
+    host's available memory shared among them. None where neither is known."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        host = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        try:
+            host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+    return host // max(len([d for d in jax.local_devices() if d.platform == device.platform]), 1)
+
+
+def check_universes_fit(cfg: Config, st: TaskStatic) -> None:
+    """Refuse, before anything is allocated, class universes larger than the memory free on the first device
+    (the host's for CPU devices): the shared one, or one per member with their own data seeds."""
+    seeds = [t.seed for t in member_tasks(cfg)]
+    copies = 1 if len(set(seeds)) == 1 else len(seeds) + len(set(seeds))  # stacked per member, plus each built once
+    need = 2 * copies * universe_bytes(st)  # twice: while building
+    device = jax.local_devices()[0]
+    have = free_bytes(device)
+    if have is not None and device.platform == "cpu":
+        have *= len([d for d in jax.local_devices() if d.platform == "cpu"])  # free_bytes gave one device's share
+    if have is not None and need > cfg.train.memory_fraction * have:
+        what = f"{copies} of them, " if copies > 1 else ""
+        raise ConfigError("task.n_classes", cfg.task.n_classes,
+                          f"the class universe ({what}n_classes x D x (1 + exemplars) numbers) needs about "
+                          f"{need / GiB:.2f} GiB, more than the {cfg.train.memory_fraction * have / GiB:.2f} GiB "
+                          "available; lower task.n_classes, task.exemplars or task.D")  # fmt: skip
+
+
+def fit_groups(cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array, mem: MemberInputs,
+               devices: list | None = None, free: int | None = None) -> Groups:  # fmt: skip
+    """Groups of the largest size that fits (``train.max_members`` caps it; 0 = as many as fit).
+
+    The candidate size is compiled and measured; if it needs more than ``train.memory_fraction`` of the free
+    memory, the size is cut in proportion and measured again. ``free`` overrides the measured free bytes.
+    """
+    M = len(init_keys)
+    size, whole = min(cfg.train.max_members or M, M), None
+    while True:
+        size = math.ceil(M / math.ceil(M / size))  # balanced groups: least padding for this many groups
+        groups = Groups(cfg, st, uni, init_keys, mem, size, devices)
+        if cfg.train.max_members:
+            return groups
+        need = groups.bytes_needed(cfg.train.chunk_steps)
+        have = free if free is not None else free_bytes(groups.layout.mesh.devices.flat[0])
+        if need is None or have is None:
+            return groups
+        whole = whole or need * M / size
+        budget = int(have * cfg.train.memory_fraction)
+        if need <= budget:
+            if size < M:
+                print(f"{M} members in one program would need about {whole / GiB:.2f} GiB per device (XLA's "
+                      f"figure), more than {budget / GiB:.2f} GiB ({cfg.train.memory_fraction:g} of the free "
+                      f"memory): running them as {groups.count} consecutive groups of {size}")  # fmt: skip
+            return groups
+        if size == 1:
+            raise ConfigError("train.batch_size", cfg.train.batch_size,
+                              f"one member needs about {need / GiB:.2f} GiB per device, more than the "
+                              f"{budget / GiB:.2f} GiB available; lower train.batch_size or probes.n_eval, "
+                              "or use a smaller model")  # fmt: skip
+        size = max(1, min(size - 1, int(size * budget / need)))

@@ -1,0 +1,245 @@
+"""Figures: accuracy on each probe against training step, one panel per setting (a run's curves.png, and the
+report's curves over many runs), the report's phase diagrams over two coordinates, and its mechanistic measures
+against step (mechanisms.png).
+
+Lines are the mean over seeds, the band their min..max. The x axis is log-scaled (symlog, so step 0 shows).
+Every function returns its matplotlib Figure (a notebook shows it) and also writes it when given a path. Figures
+are built without pyplot, so importing this module chooses no backend and a training process opens no window.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from iclwl.analysis import sort_key
+from iclwl.records import setting_of
+
+STYLE = {
+    "icl_novel": ("tab:blue", "-"),
+    "icl_flip": ("tab:cyan", "-"),
+    "iwl_no_support": ("tab:red", "-"),
+    "ciwl": ("tab:orange", "--"),
+    "in_dist": ("black", ":"),
+}
+
+
+def plot_run(
+    rows: list[dict[str, Any]], coords: list[str], path: Path | None, chance: float, title: str = ""
+) -> Figure:
+    curves: dict[tuple, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in rows:
+        if r["probe"] != "train":
+            curves[setting_of(r, coords)][r["probe"]][r["step"]].append(r["acc"])
+    settings = sorted(curves, key=str)
+    fig, axes = _subplots(1, len(settings), figsize=(5.2 * len(settings), 4), squeeze=False, sharey=True)
+    for ax, setting in zip(axes[0], settings, strict=True):
+        for probe, by_step in curves[setting].items():
+            if probe.startswith(("shots_", "distance_")):
+                continue
+            steps = np.array(sorted(by_step))
+            accs = [np.array(by_step[s]) for s in steps]
+            mean = np.array([a.mean() for a in accs])
+            color, ls = STYLE.get(probe, (None, "-"))
+            ax.plot(steps, mean, ls, color=color, label=probe, lw=1.8)
+            ax.fill_between(steps, [a.min() for a in accs], [a.max() for a in accs], color=color, alpha=0.15, lw=0)
+        ax.axhline(chance, color="gray", lw=0.8, ls="--", label="chance")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=0)
+        ax.set_xlabel("training step")
+        ax.set_title(", ".join(f"{k}={v}" for k, v in setting) or title, fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=8, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _saved(fig, path, dpi=120)
+
+
+# ------------------------------------------------------------------------------ report figures over many runs
+
+
+def _subplots(nrows: int, ncols: int, **kwargs):
+    """A Figure and its axes grid, as pyplot.subplots gives them, without pyplot's backend or figure registry."""
+    layout = kwargs.pop("layout", None)
+    fig = Figure(figsize=kwargs.pop("figsize"), layout=layout)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def _saved(fig: Figure, path: Path | None, dpi: int) -> Figure:
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    return fig
+
+
+def _setting_title(setting: tuple) -> str:
+    return ", ".join(f"{k}={v}" for k, v in setting) or "all runs"
+
+
+def plot_settings(curves: dict, probes: list[str], chance: dict, path: Path | None = None) -> Figure:
+    """One panel per setting: each probe's seed mean against step, band = min..max over seeds; its rare and
+    common frequency groups (series ``probe:rare`` / ``probe:common`` in ``curves``), where present, as thin
+    dashed / dotted lines. ``curves`` maps (setting, series) to an ``iclwl.analysis.Curve``."""
+    settings = list(dict.fromkeys(s for s, _ in curves))
+    ncols = min(len(settings), 4)
+    nrows = -(-len(settings) // ncols)
+    fig, axes = _subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False, sharey=True)
+    for ax, setting in zip(axes.flat, settings, strict=False):
+        for i, probe in enumerate(probes):
+            color = STYLE.get(probe, (f"C{i}", "-"))[0]
+            if (setting, probe) in curves:
+                c = curves[(setting, probe)]
+                ax.plot(c.steps, c.mean, color=color, lw=1.8, label=probe)
+                lo, hi = [v.min() for v in c.values], [v.max() for v in c.values]
+                ax.fill_between(c.steps, lo, hi, color=color, alpha=0.15, lw=0)
+            for group, ls in (("rare", "--"), ("common", ":")):
+                if (setting, f"{probe}:{group}") in curves:
+                    g = curves[(setting, f"{probe}:{group}")]
+                    ax.plot(g.steps, g.mean, ls, color=color, lw=1.0, label=f"{probe} ({group})")
+        ax.axhline(chance[setting], color="gray", lw=0.8, ls="--", label="chance")
+        ax.set_xscale("symlog", linthresh=1)  # symlog: step 0 shows
+        ax.set_xlim(left=0)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(_setting_title(setting), fontsize=9)
+        ax.set_xlabel("training step", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(settings) :]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy")
+    axes.flat[0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _saved(fig, path, dpi=100)
+
+
+def plot_phase(
+    table: list[dict[str, Any]], coords: list[str], x: str, y: str, probes: list[str], path: Path | None = None
+) -> Figure:
+    """Phase diagrams: final and peak seed-mean accuracy of each probe over coordinates ``x`` and ``y``; one row
+    of panels per combination of the other coordinates. ``table`` rows come from ``iclwl.analysis.summarise``."""
+
+    def values(c: str, rows: list[dict[str, Any]]) -> list[Any]:
+        return sorted({r[c] for r in rows}, key=sort_key)
+
+    others = [c for c in coords if c not in (x, y)]
+    facets = sorted({tuple((c, r[c]) for c in others) for r in table}, key=lambda f: [sort_key(v) for _, v in f])
+    xs, ys = values(x, table), values(y, table)
+    panels = [(p, m) for p in probes for m in ("final", "peak")]
+    size = (1.2 + len(panels) * (1.2 + 0.55 * len(xs)), len(facets) * (1.6 + 0.45 * len(ys)))
+    fig, axes = _subplots(len(facets), len(panels), figsize=size, squeeze=False, layout="constrained")
+    for row, facet in enumerate(facets):
+        for col, (probe, measure) in enumerate(panels):
+            grid = np.full((len(ys), len(xs)), np.nan)
+            for r in table:
+                if r["probe"] == probe and all(r[c] == v for c, v in facet):
+                    grid[ys.index(r[y]), xs.index(r[x])] = r[measure]
+            ax = axes[row][col]
+            image = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            for (i, j), v in np.ndenumerate(grid):
+                if not np.isnan(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+            ax.set_xticks(range(len(xs)), [str(v) for v in xs], fontsize=7)
+            ax.set_yticks(range(len(ys)), [str(v) for v in ys], fontsize=7)
+            if row == len(facets) - 1:
+                ax.set_xlabel(x, fontsize=8)
+            if col == 0:
+                ax.set_ylabel(y, fontsize=8)
+            title = f"{measure} {probe}" + (f"\n{_setting_title(facet)}" if facet else "")
+            ax.set_title(title, fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy (seed mean)")
+    return _saved(fig, path, dpi=100)
+
+
+MEASURE_STYLE = {
+    "induction": ("tab:green", "-"),
+    "prev_token": ("tab:purple", "--"),
+    "relevant_mass": ("tab:olive", ":"),
+}
+SOURCE_COLORS = {"same_class": "tab:blue", "memorised": "tab:red", "context": "tab:orange", "other": "gray"}
+
+
+def plot_mechanisms(curves: dict, table: list[dict[str, Any]], probes: tuple[str, str, str, str], chance: dict,
+                    path: Path | None = None) -> Figure:  # fmt: skip
+    """Per setting, two panels over training step. Top: the ICL and IWL probes' accuracy and the mechanistic
+    measures of the measure probe, on one axis, with the onsets of ICL and of the induction score as vertical
+    lines (from ``table``, iclwl.report.mechanism_table). Bottom: where the sources probe's answers come from.
+    ``probes`` = (icl, iwl, measure, sources probe); ``curves`` maps (setting, series) to a Curve."""
+    icl, iwl, measured, sourced = probes
+    ncols = min(len(table), 4)
+    nrows = -(-len(table) // ncols)
+    fig, axes = _subplots(2 * nrows, ncols, figsize=(4.6 * ncols, 6.4 * nrows), squeeze=False, sharex=True)
+    for i, row in enumerate(table):
+        setting = row["key"]
+        top, bottom = axes[2 * (i // ncols)][i % ncols], axes[2 * (i // ncols) + 1][i % ncols]
+        series = [(icl, f"{icl} acc", STYLE.get(icl, ("tab:blue", "-"))),
+                  (iwl, f"{iwl} acc", STYLE.get(iwl, ("tab:red", "-")))]  # fmt: skip
+        series += [(f"{measured}:{m}", f"{m} ({measured})", style) for m, style in MEASURE_STYLE.items()]
+        for name, label, (color, ls) in series:
+            if (setting, name) in curves:
+                c = curves[(setting, name)]
+                top.plot(c.steps, c.mean, ls, color=color, lw=1.6, label=label)
+        for step, color, what in ((row["icl_onset"], "tab:blue", "ICL onset"),
+                                  (row["induction_onset"], "tab:green", "induction onset")):  # fmt: skip
+            if step is not None:
+                top.axvline(step, color=color, lw=1.0, ls=(0, (4, 3)), alpha=0.8, label=f"{what} ({step})")
+        top.axhline(chance[setting], color="gray", lw=0.8, ls="--")
+        top.set_title(_setting_title(setting), fontsize=9)
+        top.set_ylabel("accuracy / attention", fontsize=8)
+        top.legend(fontsize=6, loc="best")
+        for source, color in SOURCE_COLORS.items():
+            if (setting, f"{sourced}:src_{source}") in curves:
+                c = curves[(setting, f"{sourced}:src_{source}")]
+                bottom.plot(c.steps, c.mean, color=color, lw=1.4, label=source)
+        bottom.set_ylabel(f"share of {sourced} answers", fontsize=8)
+        bottom.set_xlabel("training step", fontsize=8)
+        bottom.legend(fontsize=6, loc="best", title="answer is", title_fontsize=6)
+        for ax in (top, bottom):
+            ax.set_xscale("symlog", linthresh=1)  # symlog: step 0 shows
+            ax.set_xlim(left=0)
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+    for i in range(len(table), nrows * ncols):  # empty slots of the last row of settings
+        axes[2 * (i // ncols)][i % ncols].set_visible(False)
+        axes[2 * (i // ncols) + 1][i % ncols].set_visible(False)
+    fig.tight_layout()
+    return _saved(fig, path, dpi=90)
+
+
+def plot_families(table: list[dict[str, Any]], chance: dict, path: Path | None = None) -> Figure:
+    """One row of panels per setting, one column per family (accuracy against shots k, against distance d):
+    a line per chosen step, coloured from early (light) to late (dark), the band the min..max over seeds.
+    ``table`` rows come from ``iclwl.family_report.family_table``."""
+    settings = list(dict.fromkeys(t["key"] for t in table))
+    families = list(dict.fromkeys(t["family"] for t in table))
+    fig, axes = _subplots(len(settings), len(families), figsize=(4.6 * len(families), 3.4 * len(settings)),
+                             squeeze=False)  # fmt: skip
+    for i, setting in enumerate(settings):
+        for j, family in enumerate(families):
+            ax = axes[i][j]
+            rows = [t for t in table if t["key"] == setting and t["family"] == family]
+            steps = list(dict.fromkeys(t["step"] for t in rows))
+            colors = matplotlib.colormaps["viridis_r"](np.linspace(0.25, 1.0, len(steps)))
+            for step, color in zip(steps, colors, strict=True):
+                line = [t for t in rows if t["step"] == step]
+                ks = [t["k"] for t in line]
+                ax.plot(ks, [t["mean"] for t in line], "o-", color=color, ms=3, lw=1.4, label=f"step {step}")
+                ax.fill_between(ks, [t["min"] for t in line], [t["max"] for t in line], color=color, alpha=0.12,
+                                lw=0)  # fmt: skip
+            ax.axhline(chance[setting], color="gray", lw=0.8, ls="--")
+            ax.set_xlabel("relevant items k" if family == "shots" else "distance d (pairs before the query)",
+                          fontsize=8)  # fmt: skip
+            ax.set_ylabel("accuracy", fontsize=8)
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{_setting_title(setting)}: {family}", fontsize=9)
+            if rows:
+                ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    return _saved(fig, path, dpi=90)
