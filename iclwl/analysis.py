@@ -183,7 +183,12 @@ def _setting(row: dict[str, Any], coords: list[str]) -> Setting:
 
 
 def describe(setting: Setting) -> str:
-    return ", ".join(f"{k}={v}" for k, v in setting) or "-"
+    return ", ".join(f"{k}={value_text(k, v)}" for k, v in setting) or "-"
+
+
+def value_text(coord: str, value: Any) -> str:
+    """A coordinate's value as people write it: an unset training-set size N is an infinite set."""
+    return "∞" if value is None and coord.split(".")[-1] == "N" else str(value)
 
 
 def probes_of(sweep: Sweep) -> list[str]:

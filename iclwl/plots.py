@@ -17,7 +17,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from iclwl.analysis import sort_key
+from iclwl.analysis import sort_key, value_text
 from iclwl.records import setting_of
 
 STYLE = {
@@ -80,7 +80,7 @@ def _saved(fig: Figure, path: Path | None, dpi: int) -> Figure:
 
 
 def _setting_title(setting: tuple) -> str:
-    return ", ".join(f"{k}={v}" for k, v in setting) or "all runs"
+    return ", ".join(f"{k}={value_text(k, v)}" for k, v in setting) or "all runs"
 
 
 def plot_settings(curves: dict, probes: list[str], chance: dict, path: Path | None = None) -> Figure:
@@ -145,8 +145,8 @@ def plot_phase(
             for (i, j), v in np.ndenumerate(grid):
                 if not np.isnan(v):
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
-            ax.set_xticks(range(len(xs)), [str(v) for v in xs], fontsize=7)
-            ax.set_yticks(range(len(ys)), [str(v) for v in ys], fontsize=7)
+            ax.set_xticks(range(len(xs)), [value_text(x, v) for v in xs], fontsize=7)
+            ax.set_yticks(range(len(ys)), [value_text(y, v) for v in ys], fontsize=7)
             if row == len(facets) - 1:
                 ax.set_xlabel(x, fontsize=8)
             if col == 0:
