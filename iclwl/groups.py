@@ -97,6 +97,7 @@ class Groups:
                 return None
             sizes.append(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
                          + stats.temp_size_in_bytes)  # fmt: skip
+        self.evaluation_dominates = sizes[1] > sizes[0]  # which setting a refusal names
         return max(sizes)
 
 
@@ -167,8 +168,10 @@ def fit_groups(cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array,
                       f"memory): running them as {groups.count} consecutive groups of {size}")  # fmt: skip
             return groups
         if size == 1:
-            raise ConfigError("train.batch_size", cfg.train.batch_size,
-                              f"one member needs about {need / GiB:.2f} GiB per device, more than the "
-                              f"{budget / GiB:.2f} GiB available; lower train.batch_size or probes.n_eval, "
-                              "or use a smaller model")  # fmt: skip
+            field, value, what = (("probes.n_eval", cfg.probes.n_eval, "the evaluation of its probe sets")
+                                  if groups.evaluation_dominates else
+                                  ("train.batch_size", cfg.train.batch_size, "a training chunk"))  # fmt: skip
+            raise ConfigError(field, value, f"one member needs about {need / GiB:.2f} GiB per device for {what}, "
+                              f"more than the {budget / GiB:.2f} GiB available; lower train.batch_size or "
+                              "probes.n_eval, or use a smaller model")  # fmt: skip
         size = max(1, min(size - 1, int(size * budget / need)))

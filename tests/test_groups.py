@@ -77,11 +77,16 @@ def test_a_grid_too_large_for_memory_is_split(capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_a_member_that_cannot_fit_is_refused():
+def test_a_member_that_cannot_fit_is_refused_naming_the_setting_that_needs_the_memory():
     cfg, st, uni, init, mem = parts(grid())
     with pytest.raises(ConfigError) as e:
         fit_groups(cfg, st, uni, init, mem, free=1000)
-    assert e.value.field == "train.batch_size" and "GiB" in e.value.rule
+    assert e.value.field == "train.batch_size" and "GiB" in e.value.rule and "training chunk" in e.value.rule
+    big_probes = dataclasses.replace(grid(), probes=dataclasses.replace(grid().probes, n_eval=20000))
+    cfg, st, uni, init, mem = parts(big_probes)
+    with pytest.raises(ConfigError) as e:
+        fit_groups(cfg, st, uni, init, mem, free=1000)
+    assert e.value.field == "probes.n_eval" and e.value.value == 20000 and "probe sets" in e.value.rule
 
 
 def test_group_settings_are_checked():
