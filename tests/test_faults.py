@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_checkpoints import ROOT, assert_same_run, final_params, tiny
+from test_checkpoints import ROOT, assert_same_run, final_params, reference, tiny  # noqa: F401 (reference: a fixture)
 
 from data_gen import ConfigError
 from iclwl import checkpoints as checkpoints_module
@@ -23,14 +23,6 @@ from iclwl.config import Config, SweepConfig, from_dict, schema_dict
 from iclwl.records import MetricsFile, read_metrics
 from iclwl.run import NonFiniteLoss, run
 from iclwl.rundir import LOCK, RunDirError, RunIOError
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref")
-    cfg = tiny()
-    run(cfg, out)
-    return cfg, out
 
 
 # ------------------------------------------------------------------------------------------ a diverging member
