@@ -21,7 +21,16 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 
 
+# The files that take longest, first: pytest-xdist hands whole files to its workers in collection order
+# (--dist loadfile), so a long file collected last would leave the other worker idle at the end.
+LONG_FIRST = ("test_checkpoints.py", "test_wandb.py", "test_faults.py", "test_sweep.py", "test_training.py",
+              "test_data_seeds.py", "test_reproduce.py", "test_mechanisms.py", "test_reference.py",
+              "test_install.py")  # fmt: skip
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file is kept
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow")
@@ -33,3 +42,16 @@ def pytest_collection_modifyitems(config, items):
 def pytest_sessionfinish(session, exitstatus):
     if os.path.basename(CACHE).startswith("iclwl-test-jax-cache-"):  # ours, not a directory the user gave
         shutil.rmtree(CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A finished run of the tiny config of tests/test_checkpoints.py, which the fault tests compare with."""
+    from test_checkpoints import tiny
+
+    from iclwl.run import run
+
+    out = tmp_path_factory.mktemp("ref")
+    cfg = tiny()
+    run(cfg, out)
+    return cfg, out

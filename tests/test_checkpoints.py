@@ -79,14 +79,6 @@ class StopAfter:
         return signal.SIGTERM if self.looks > self.n else None
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref")
-    cfg = tiny()
-    run(cfg, out)
-    return cfg, out
-
-
 def assert_same_run(a: Path, b: Path, cfg: Config) -> None:
     assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
     step_a, pa = final_params(a, cfg)

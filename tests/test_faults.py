@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_checkpoints import ROOT, assert_same_run, final_params, reference, tiny  # noqa: F401 (reference: a fixture)
+from test_checkpoints import ROOT, assert_same_run, final_params, tiny
 
 from data_gen import ConfigError
 from iclwl import checkpoints as checkpoints_module
@@ -24,30 +24,26 @@ from iclwl.records import MetricsFile, read_metrics
 from iclwl.run import NonFiniteLoss, run
 from iclwl.rundir import LOCK, RunDirError, RunIOError
 
-
 # ------------------------------------------------------------------------------------------ a diverging member
 
 
-def test_diverging_member_freezes_and_the_healthy_one_equals_its_solo_run(tmp_path, capsys):
+def test_diverging_member_freezes_and_the_healthy_one_equals_its_run_without_it(tmp_path, capsys):
     """lr 1e6 makes member 1 non-finite within a few steps: it keeps its last good parameters and optimizer
-    state, checkpoints go on being written, and member 0 ends exactly as the run with lr 1e-3 alone."""
-    both = tiny(sweep=SweepConfig(lr=(1e-3, 1e6)), train=dataclasses.replace(tiny().train, seeds=(0,)))
-    run(both, tmp_path / "both")
+    state, checkpoints go on being written, and member 0 ends exactly as in a run whose member 1 is healthy
+    (lr 2e-3: the same compiled program, so the numbers are equal to the bit)."""
+    seeds = dataclasses.replace(tiny().train, seeds=(0,))
+    bad = tiny(sweep=SweepConfig(lr=(1e-3, 1e6)), train=seeds)
+    run(bad, tmp_path / "bad")
     assert "member 1 (seed=0, lr=1000000.0): non-finite" in capsys.readouterr().err
-    alone = dataclasses.replace(both, sweep=SweepConfig(lr=(1e-3,)))
-    run(alone, tmp_path / "alone")
-    rows = read_metrics(tmp_path / "both" / "metrics.jsonl")
+    run(tiny(sweep=SweepConfig(lr=(1e-3, 2e-3)), train=seeds), tmp_path / "good")
+    rows = read_metrics(tmp_path / "bad" / "metrics.jsonl")
     healthy = [r for r in rows if r["member"] == 0]
-    solo = read_metrics(tmp_path / "alone" / "metrics.jsonl")
-    assert len(healthy) == len(solo)
-    for a, b in zip(healthy, solo, strict=True):  # the same numbers, to the rounding of a 2- vs a 1-member program
-        assert {k: v for k, v in a.items() if k != "loss"} == {k: v for k, v in b.items() if k != "loss"}
-        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+    assert healthy == [r for r in read_metrics(tmp_path / "good" / "metrics.jsonl") if r["member"] == 0]
     stopped = [r["stopped_at"] for r in rows if r["member"] == 1 and r["probe"] == "train"]
     at = next(s for s in stopped if s is not None)
     assert 1 <= at <= 20 and stopped[stopped.index(at) :] == [at] * (len(stopped) - stopped.index(at))
-    step, params = final_params(tmp_path / "both", both)  # the last step was checkpointed, and loads
-    assert step == both.train.steps and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+    step, params = final_params(tmp_path / "bad", bad)  # the last step was checkpointed, and loads
+    assert step == bad.train.steps and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
 def test_every_member_stopping_saves_their_last_good_states_first(tmp_path):

@@ -28,18 +28,19 @@ def test_list_and_bad_input(capsys):
 
 
 def test_an_entry_trains_every_job_and_reports_over_its_seeds(tmp_path, monkeypatch):
-    tiny = reproduce.Entry("chan2024_n_debug", "a tiny N sweep", jobs={"L_1": ("task.L=1",), "L_2": ("task.L=2",)},
-                           probes=("icl_flip", "iwl_no_support"), groups=True)  # fmt: skip
+    """A tiny entry of two jobs (they differ in a dynamic setting, so they share one compiled program), 2 seeds."""
+    jobs = {f"N_{n}": (f"sweep.N=[{n}]",) for n in (64, 128)}
+    tiny = reproduce.Entry("chan2024_n_debug", "a tiny N sweep", jobs=jobs, probes=("icl_flip", "iwl_no_support"),
+                           groups=True)  # fmt: skip
     monkeypatch.setitem(reproduce.ENTRIES, "tiny", tiny)
-    monkeypatch.setattr(
-        reproduce,
-        "seed_overrides",
-        lambda n: [*_seeds(n), "train.steps=20", "probes.n_eval=64", "checkpoint.enabled=false", "logging.plot=false"],
-    )
+    monkeypatch.setattr(reproduce, "seed_overrides", lambda n: [*_seeds(n), "train.steps=20", "probes.n_eval=64",
+                                                                "probes.mechanisms=false", "checkpoint.enabled=false",
+                                                                "logging.plot=false"])  # fmt: skip
     assert reproduce.main(["tiny", "--out", str(tmp_path), "--seeds", "2"]) == 0
     summary = (tmp_path / "tiny" / "report" / "summary.md").read_text()
-    assert "task.L=1" in summary and "task.L=2" in summary and "icl_flip:rare" in summary
+    assert "N=64" in summary and "N=128" in summary and "icl_flip:rare" in summary
     assert all(line.rstrip().endswith("| 2 |") for line in summary.splitlines() if line.startswith("| N="))
+    assert {p.name for p in (tmp_path / "tiny").iterdir()} == {"N_64", "N_128", "report"}
     assert (tmp_path / "tiny" / "report" / "curves.png").stat().st_size > 0
 
 
