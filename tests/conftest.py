@@ -21,16 +21,7 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 
 
-# The files that take longest, first: pytest-xdist hands whole files to its workers in collection order
-# (--dist loadfile), so a long file collected last would leave the other worker idle at the end.
-LONG_FIRST = ("test_checkpoints.py", "test_wandb.py", "test_faults.py", "test_sweep.py", "test_training.py",
-              "test_data_seeds.py", "test_reproduce.py", "test_mechanisms.py", "test_reference.py",
-              "test_install.py")  # fmt: skip
-
-
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file is kept
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow")

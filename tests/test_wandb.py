@@ -253,6 +253,7 @@ def tiny_run_config(mode: str):
     return dataclasses.replace(cfg, wandb=WandbConfig(mode=mode), train=dataclasses.replace(cfg.train, seeds=(0, 1)))
 
 
+@pytest.mark.slow  # about 40 s: a real run with wandb's service (the sink itself is tested above)
 def test_a_run_in_offline_mode_logs_what_metrics_jsonl_holds(tmp_path):
     from iclwl.records import read_metrics
     from iclwl.run import run
@@ -286,6 +287,7 @@ def test_a_failing_wandb_leaves_training_and_metrics_intact(tmp_path, monkeypatc
     assert a == b and len(a) > 0
 
 
+@pytest.mark.slow  # about 60 s: two real runs with wandb's service
 def test_each_member_run_holds_its_own_values_and_the_jobs_static_knobs(tmp_path):
     """A p_relevant sweep of 2 members in each of 2 jobs that differ in L (as `-m task.L=2,4` runs them): every
     W&B run's config has its member's own task.p_relevant (not the base value) and the job's L at the top."""
