@@ -282,6 +282,11 @@ def member_tasks(cfg: Config) -> list[TaskSpec]:
                                 seed=m.get("data_seed", cfg.task.seed)) for m in members(cfg)]  # fmt: skip
 
 
+def member_data_seeds(cfg: Config) -> list[int]:
+    """Each member's data seed (its task's seed): train.data_seeds where given, else task.seed."""
+    return [t.seed for t in member_tasks(cfg)]
+
+
 def member_optims(cfg: Config) -> list[OptimConfig]:
     return [dataclasses.replace(cfg.optim, **{k: float(v) for k, v in m.items() if k in OPTIM_FIELDS})
             for m in members(cfg)]  # fmt: skip

@@ -23,7 +23,7 @@ import numpy as np
 
 from data_gen import ConfigError, TaskStatic, Universe
 from data_gen.universe import universe_bytes
-from iclwl.config import Config, member_tasks
+from iclwl.config import Config, member_data_seeds
 from iclwl.sharding import Layout
 from iclwl.training import Health, MemberInputs, Meter, Program, TrainState, compiled, zero_meter
 
@@ -126,7 +126,7 @@ def free_bytes(device) -> int | None:
 def check_universes_fit(cfg: Config, st: TaskStatic) -> None:
     """Refuse, before anything is allocated, class universes larger than the memory free on the first device
     (the host's for CPU devices): the shared one, or one per member with their own data seeds."""
-    seeds = [t.seed for t in member_tasks(cfg)]
+    seeds = member_data_seeds(cfg)
     copies = 1 if len(set(seeds)) == 1 else len(seeds) + len(set(seeds))  # stacked per member, plus each built once
     need = 2 * copies * universe_bytes(st)  # twice: while building
     device = jax.local_devices()[0]

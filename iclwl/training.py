@@ -41,6 +41,7 @@ from iclwl.config import (
     OptimConfig,
     ProbeConfig,
     TrainConfig,
+    member_data_seeds,
     member_optims,
     member_tasks,
     members,
@@ -159,7 +160,7 @@ class MemberInputs(NamedTuple):
 def member_universes(cfg: Config) -> Universe | None:
     """The class universe of every member, stacked along a member axis, when members have different data seeds
     (``train.data_seeds``); None when they all share ``task.seed``'s (the run passes that one separately)."""
-    seeds = [t.seed for t in member_tasks(cfg)]
+    seeds = member_data_seeds(cfg)
     if len(set(seeds)) == 1:
         return None
     st = ensemble_static(cfg)
@@ -169,7 +170,7 @@ def member_universes(cfg: Config) -> Universe | None:
 
 def shared_universe(cfg: Config, st: TaskStatic) -> Universe | None:
     """The universe every member shares (``st = ensemble_static(cfg)``), or None when each has its own."""
-    return make_universe(st) if len({t.seed for t in member_tasks(cfg)}) == 1 else None
+    return make_universe(st) if len(set(member_data_seeds(cfg))) == 1 else None
 
 
 def member_inputs(cfg: Config) -> tuple[jax.Array, MemberInputs]:
