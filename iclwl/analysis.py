@@ -25,11 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from iclwl.records import MECHANISM_LISTS, MECHANISM_SCALARS, SEED_COORDS, read_metrics
+from iclwl.measures import MECHANISM_SCALARS, ROW_KEY, SEED_COORDS, is_measurement
+from iclwl.records import read_metrics
 
-# Row fields that are measurements, not coordinates (see iclwl/records.py).
-MEASURES = frozenset({"step", "member", "probe", "acc", "loss", "acc_common", "acc_rare", "stopped_at", "gate_iwl",
-                      *MECHANISM_SCALARS, *MECHANISM_LISTS})  # fmt: skip
 # Config fields that never make two runs different settings: bookkeeping, or already a row coordinate
 # (the sweep lists and seeds reappear per row as each member's own value).
 NOT_COORDINATES = (
@@ -42,6 +40,7 @@ NOT_COORDINATES = (
     "checkpoint.",
 )
 GROUPS = ("common", "rare")
+FAMILIES = ("shots_", "distance_")  # probe families drawn against k or d (iclwl.family_report), not against step
 DEFAULT_PROBES = ("icl_novel", "iwl_no_support")  # the one probe only ICL solves, the one only IWL solves
 
 Setting = tuple[tuple[str, Any], ...]
@@ -55,7 +54,12 @@ class ReportError(Exception):
 class Run:
     path: Path
     config: dict[str, Any]  # flattened: {"task.L": 8, ...}
-    rows: list[dict[str, Any]]  # probe rows only ("train" rows carry training loss, not a probe)
+    rows: list[dict[str, Any]]  # every row of metrics.jsonl, in order
+
+    @property
+    def probe_rows(self) -> list[dict[str, Any]]:
+        """The rows of the probes ("train" rows carry the training loss, not a probe)."""
+        return [r for r in self.rows if r.get("probe") != "train"]
 
 
 @dataclass(frozen=True)
@@ -108,8 +112,7 @@ def _read_run(path: Path) -> Run:
     rows = read_metrics(path / "metrics.jsonl")
     if not rows:
         raise ReportError(f"{path / 'metrics.jsonl'}: is empty; expected one JSON row per (step, member, probe)")
-    probe_rows = [r for r in rows if r.get("probe") != "train"]
-    if not probe_rows:
+    if all(r.get("probe") == "train" for r in rows):
         raise ReportError(f"{path / 'metrics.jsonl'}: holds only training rows; expected probe rows")
     try:
         config = json.loads(config_path.read_text())
@@ -117,15 +120,15 @@ def _read_run(path: Path) -> Run:
         raise ReportError(
             f"{config_path}: is not valid JSON ({e.msg}, line {e.lineno}); expected the run's config"
         ) from None
-    return Run(path, flatten(config), probe_rows)
+    return Run(path, flatten(config), rows)
 
 
 def combine(runs: list[Run]) -> Sweep:
     """One table of rows over all runs, each row with every coordinate, and the coordinates found."""
-    # a field holding a list or a mapping is a measurement of some kind, never a coordinate
-    nested = {k for run in runs for r in run.rows for k, v in r.items() if isinstance(v, list | dict)}
-    member_coords = list(dict.fromkeys(k for run in runs for r in run.rows for k in r
-                                       if k not in MEASURES and k not in nested))  # fmt: skip
+    # a field is a measurement in every row if it is one in any (iclwl.measures: numbers that are not coordinates)
+    measured = {k for run in runs for r in run.probe_rows for k, v in r.items() if is_measurement(k, v)}
+    member_coords = list(dict.fromkeys(k for run in runs for r in run.probe_rows for k in r
+                                       if k not in ROW_KEY and k not in measured))  # fmt: skip
     static = _static_coords(runs, member_coords)
     coords = [c for c in member_coords if c not in SEED_COORDS] + static
     rows, chance, owner = [], {}, {}
@@ -134,7 +137,7 @@ def combine(runs: list[Run]) -> Sweep:
         if not isinstance(n_labels, int) or n_labels < 1:
             raise ReportError(f"{run.path / 'config.json'}: task.n_labels = {n_labels}; expected a positive integer")
         fixed = {c: run.config.get(c) for c in static}
-        for r in run.rows:
+        for r in run.probe_rows:
             # a run that did not sweep a field its neighbours swept holds it at its config value
             row = {**{c: _config_value(run.config, c) for c in member_coords}, **r, **fixed}
             rows.append(row)

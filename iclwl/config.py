@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from data_gen import DYNAMIC_FIELDS, ConfigError, TaskSpec, validate
-from iclwl.records import SEED_COORDS  # noqa: F401  (the coordinates members() gives for seeds)
+from iclwl.measures import OPTIM_COORDS, SEED_COORDS  # noqa: F401  (SEED_COORDS: the coordinates members() gives for seeds)
 
 Arch = Literal["transformer", "gated", "lstm"]
 
@@ -162,7 +162,7 @@ class SweepConfig:
         return {k: getattr(self, k) for k in SWEEPABLE if getattr(self, k) is not None}
 
 
-OPTIM_FIELDS = ("lr", "weight_decay")
+OPTIM_FIELDS = OPTIM_COORDS  # the optimizer fields a sweep varies per member
 SWEEPABLE = (*DYNAMIC_FIELDS, *OPTIM_FIELDS)
 # the sweepable fields are listed by hand for readability; they must be exactly these
 assert {f.name for f in dataclasses.fields(SweepConfig)} - {"mode"} == set(SWEEPABLE)
@@ -299,12 +299,19 @@ def member_config(cfg: Config, i: int) -> dict[str, Any]:
     return dataclasses.asdict(effective)
 
 
+# The compiled-in settings of a job that a multirun sweeps with -m (context length, item dimension, model shape):
+# W&B's run config holds each at its top level under the last part of its name (task.L -> L).
+STATIC_KNOBS = ("task.L", "task.D", "task.n_labels", "task.n_classes", "model.arch", "model.n_layers",
+                "model.n_heads", "model.d_model")  # fmt: skip
+
+
 def static_knobs(cfg: Config) -> dict[str, Any]:
-    """The compiled-in settings of a job that a multirun sweeps with -m (context length, item dimension, model
-    shape), flat, for the top of a dashboard's run config."""
-    t, m = cfg.task, cfg.model
-    return {"L": t.L, "D": t.D, "n_labels": t.n_labels, "n_classes": t.n_classes, "arch": m.arch,
-            "n_layers": m.n_layers, "n_heads": m.n_heads, "d_model": m.d_model}  # fmt: skip
+    """The job's ``STATIC_KNOBS``, flat (``{"L": 8, "d_model": 64, ...}``), for the top of a dashboard's run config."""
+    knobs = {}
+    for path in STATIC_KNOBS:
+        group, field = path.split(".")
+        knobs[field] = getattr(getattr(cfg, group), field)
+    return knobs
 
 
 def _need(ok: bool, path: str, value: Any, rule: str) -> None:

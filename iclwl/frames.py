@@ -12,32 +12,25 @@ member's own value, not the base value of the config file.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from data_gen import DYNAMIC_FIELDS
-from iclwl.analysis import ReportError, flatten
-from iclwl.records import read_metrics
-
-OPTIM_COORDS = ("lr", "weight_decay")
+from iclwl.analysis import find_runs
+from iclwl.measures import OPTIM_COORDS
 
 
 def load_runs(path: str | Path):
-    """A pandas DataFrame of every metrics row of the runs at or below ``path`` (a run, a sweep, a tree)."""
+    """A pandas DataFrame of every metrics row of the runs at or below ``path`` (a run, a sweep, a tree).
+
+    The runs are read as the report reads them (``analysis.find_runs``), with the same checks and errors."""
     import pandas as pd
 
-    root = Path(path)
-    if not root.exists():
-        raise ReportError(f"{root}: no such file or directory; expected a run directory or a directory of runs")
-    records: list[dict[str, Any]] = []
-    for metrics in sorted(root.rglob("metrics.jsonl")):
-        config_path = metrics.parent / "config.json"
-        config = flatten(json.loads(config_path.read_text())) if config_path.exists() else {}
-        for row in read_metrics(metrics):
-            records.append({"run": str(metrics.parent), **config, **_effective(row), **row})
-    if not records:
-        raise ReportError(f"{root}: holds no run directory (no metrics.jsonl at or below it)")
+    records = [
+        {"run": str(run.path), **run.config, **_effective(row), **row}
+        for run in find_runs(Path(path))
+        for row in run.rows
+    ]
     return pd.DataFrame.from_records(records)
 
 

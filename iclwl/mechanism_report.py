@@ -18,10 +18,7 @@ from iclwl.analysis import (
     onset_level,
     probes_of,
 )
-from iclwl.records import MECHANISM_SCALARS
-
-SOURCES = tuple(m.removeprefix("src_") for m in MECHANISM_SCALARS if m.startswith("src_"))
-MEASURES = ("induction", "prev_token", "relevant_mass", "irrelevant_mass")
+from iclwl.measures import ATTENTION, SOURCES
 
 
 def mechanism_probes(sweep: Sweep, asked: str | None) -> tuple[str, str, str, str] | None:
@@ -47,7 +44,7 @@ def mechanism_table(sweep: Sweep, probes: tuple[str, str, str, str], level: floa
     """Per setting: ICL onset (the accuracy onset of the main table), the first steps the measure probe's
     induction and prev_token seed means reach ``measure_level``, final values; and the curves behind them."""
     icl, iwl, measured, sourced = probes
-    series = [icl, iwl, *(f"{measured}:{m}" for m in MEASURES)]
+    series = [icl, iwl, *(f"{measured}:{m}" for m in ATTENTION)]
     series += [f"{sourced}:src_{s}" for s in SOURCES]
     found = curves(sweep, series)
     table = []
@@ -64,7 +61,7 @@ def mechanism_table(sweep: Sweep, probes: tuple[str, str, str, str], level: floa
         row["induction_onset"] = at(f"{measured}:induction", measure_level)
         row["prev_token_onset"] = at(f"{measured}:prev_token", measure_level)
         row["final_icl"], row["final_iwl"] = at(icl), at(iwl)
-        for m in MEASURES:
+        for m in ATTENTION:
             row[f"final_{m}"] = at(f"{measured}:{m}")
         for s in SOURCES:
             row[f"final_src_{s}"] = at(f"{sourced}:src_{s}")

@@ -42,7 +42,6 @@ import jax.numpy as jnp
 import numpy as np
 
 Tokens = Literal["interleaved", "concat"]
-SOURCES = ("same_class", "memorised", "context", "other")  # order of precedence, and of ``prediction_sources``
 
 
 class Attention(NamedTuple):
@@ -112,7 +111,7 @@ def attention_measures(weights: jax.Array, classes: jax.Array, tokens: Tokens) -
 
 
 def prediction_sources(pred: jax.Array, labels: jax.Array, classes: jax.Array, memorised: jax.Array) -> jax.Array:
-    """Shares of answers by source, in ``SOURCES`` order; they sum to 1.
+    """Shares of answers by source, in ``iclwl.measures.SOURCES`` order; they sum to 1.
 
     pred: (B,) answered labels; labels, classes: (B, L+1) (the last entries are the query's); memorised: (B, S)
     the labels the task's fixed map gives each query's class, -1 where there is none.

@@ -2,14 +2,17 @@
 report's curves over many runs), the report's phase diagrams over two coordinates, and its mechanistic measures
 against step (mechanisms.png).
 
-Lines are the mean over seeds, the band their min..max. The x axis is log-scaled (symlog, so step 0 shows).
+Lines are the mean over seeds, the band their min..max. The step axis is linear from 0 to 1 and logarithmic
+beyond (symlog), with the linear part a fifth of a decade wide. When exactly two coordinates vary, the panels form
+a grid: one column per value of the first, one row per value of the second, the values written at the top and the
+left; otherwise they wrap four to a row, each titled with its setting. One legend for all panels sits below them.
 Every function returns its matplotlib Figure (a notebook shows it) and also writes it when given a path. Figures
 are built without pyplot, so importing this module chooses no backend and a training process opens no window.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from iclwl.analysis import sort_key, value_text
-from iclwl.records import setting_of
+from iclwl.analysis import Setting, sort_key, value_text
 
 STYLE = {
     "icl_novel": ("tab:blue", "-"),
@@ -27,43 +29,6 @@ STYLE = {
     "ciwl": ("tab:orange", "--"),
     "in_dist": ("black", ":"),
 }
-
-
-def plot_run(
-    rows: list[dict[str, Any]], coords: list[str], path: Path | None, chance: float, title: str = ""
-) -> Figure:
-    curves: dict[tuple, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in rows:
-        if r["probe"] != "train":
-            curves[setting_of(r, coords)][r["probe"]][r["step"]].append(r["acc"])
-    settings = sorted(curves, key=str)
-    fig, axes = _subplots(1, len(settings), figsize=(5.2 * len(settings), 4), squeeze=False, sharey=True)
-    for ax, setting in zip(axes[0], settings, strict=True):
-        for probe, by_step in curves[setting].items():
-            if probe.startswith(("shots_", "distance_")):
-                continue
-            steps = np.array(sorted(by_step))
-            accs = [np.array(by_step[s]) for s in steps]
-            mean = np.array([a.mean() for a in accs])
-            color, ls = STYLE.get(probe, (None, "-"))
-            ax.plot(steps, mean, ls, color=color, label=probe, lw=1.8)
-            ax.fill_between(steps, [a.min() for a in accs], [a.max() for a in accs], color=color, alpha=0.15, lw=0)
-        ax.axhline(chance, color="gray", lw=0.8, ls="--", label="chance")
-        ax.set_xscale("symlog", linthresh=1)
-        ax.set_xlim(left=0)
-        ax.set_xlabel("training step")
-        ax.set_title(", ".join(f"{k}={v}" for k, v in setting) or title, fontsize=10)
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy")
-    axes[0][-1].legend(fontsize=8, loc="best")
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    return _saved(fig, path, dpi=120)
-
-
-# ------------------------------------------------------------------------------ report figures over many runs
 
 
 def _subplots(nrows: int, ncols: int, **kwargs):
@@ -83,39 +48,104 @@ def _setting_title(setting: tuple) -> str:
     return ", ".join(f"{k}={value_text(k, v)}" for k, v in setting) or "all runs"
 
 
-def plot_settings(curves: dict, probes: list[str], chance: dict, path: Path | None = None) -> Figure:
+def _step_axis(ax, label: bool = True) -> None:
+    """Linear on [0, 1], log beyond: step 0 shows and takes a fifth of a decade, not a whole one."""
+    ax.set_xscale("symlog", linthresh=1, linscale=0.2)
+    ax.set_xlim(left=0)
+    if label:
+        ax.set_xlabel("training step", fontsize=8)
+
+
+def _shared_legend(fig: Figure, axes) -> None:
+    """One legend for every panel, below them (each label once)."""
+    entries: dict[str, Any] = {}
+    for ax in np.ravel(axes):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(entries.values(), entries.keys(), loc="outside lower center", ncols=min(len(entries), 5),
+                   fontsize=8, frameon=False)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where each setting's panel goes: rows x columns over two varying coordinates, or wrapped."""
+
+    nrows: int
+    ncols: int
+    place: dict[Setting, tuple[int, int]]
+    cols: list[str]  # column headers (grid over two coordinates), else []
+    rows: list[str]  # row headers, else []
+
+
+def grid_of(settings: list[Setting], wrap: int = 4) -> Grid:
+    """Two varying coordinates: columns are the first one's values, rows the second's; else wrap settings."""
+    names = [k for k, _ in settings[0]] if settings else []
+    varying = [k for i, k in enumerate(names) if len({s[i][1] for s in settings}) > 1]
+    if len(varying) == 2:
+        x, y = (names.index(k) for k in varying)
+        xs = sorted({s[x][1] for s in settings}, key=sort_key)
+        ys = sorted({s[y][1] for s in settings}, key=sort_key)
+        place = {s: (ys.index(s[y][1]), xs.index(s[x][1])) for s in settings}
+        heads = [f"{varying[0]}={value_text(varying[0], v)}" for v in xs]
+        return Grid(len(ys), len(xs), place, heads, [f"{varying[1]}={value_text(varying[1], v)}" for v in ys])
+    ncols = max(min(len(settings), wrap), 1)
+    place = {s: (i // ncols, i % ncols) for i, s in enumerate(settings)}
+    return Grid(-(-len(settings) // ncols) or 1, ncols, place, [], [])
+
+
+def _label_grid(axes, grid: Grid, settings: list[Setting]) -> None:
+    """Column headers on top (row headers go with the y labels); or each panel's setting as its title."""
+    if grid.cols:
+        fixed = [(k, v) for i, (k, v) in enumerate(settings[0]) if len({s[i][1] for s in settings}) == 1]
+        for c, head in enumerate(grid.cols):
+            axes[0][c].set_title(head, fontsize=9)
+        if fixed:  # the coordinates every panel shares
+            axes[0][0].figure.suptitle(_setting_title(fixed), fontsize=10)
+    else:
+        for setting, (r, c) in grid.place.items():
+            if setting:  # a run of one setting: the figure's title says what it is
+                axes[r][c].set_title(_setting_title(setting), fontsize=9)
+    used = set(grid.place.values())
+    for r in range(grid.nrows):
+        for c in range(grid.ncols):
+            if (r, c) not in used:
+                axes[r][c].set_visible(False)
+
+
+def plot_settings(curves: dict, probes: list[str], chance: dict, path: Path | None = None, title: str = "") -> Figure:
     """One panel per setting: each probe's seed mean against step, band = min..max over seeds; its rare and
     common frequency groups (series ``probe:rare`` / ``probe:common`` in ``curves``), where present, as thin
     dashed / dotted lines. ``curves`` maps (setting, series) to an ``iclwl.analysis.Curve``."""
     settings = list(dict.fromkeys(s for s, _ in curves))
-    ncols = min(len(settings), 4)
-    nrows = -(-len(settings) // ncols)
-    fig, axes = _subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False, sharey=True)
-    for ax, setting in zip(axes.flat, settings, strict=False):
+    grid = grid_of(settings)
+    size = (0.6 + 4.0 * grid.ncols, 1.0 + 3.0 * grid.nrows)
+    fig, axes = _subplots(grid.nrows, grid.ncols, figsize=size, squeeze=False, sharey=True, sharex=True,
+                          layout="constrained")  # fmt: skip
+    for setting, (r, c) in grid.place.items():
+        ax = axes[r][c]
         for i, probe in enumerate(probes):
             color = STYLE.get(probe, (f"C{i}", "-"))[0]
             if (setting, probe) in curves:
-                c = curves[(setting, probe)]
-                ax.plot(c.steps, c.mean, color=color, lw=1.8, label=probe)
-                lo, hi = [v.min() for v in c.values], [v.max() for v in c.values]
-                ax.fill_between(c.steps, lo, hi, color=color, alpha=0.15, lw=0)
+                cv = curves[(setting, probe)]
+                ax.plot(cv.steps, cv.mean, color=color, lw=1.8, label=probe)
+                lo, hi = [v.min() for v in cv.values], [v.max() for v in cv.values]
+                ax.fill_between(cv.steps, lo, hi, color=color, alpha=0.15, lw=0)
             for group, ls in (("rare", "--"), ("common", ":")):
                 if (setting, f"{probe}:{group}") in curves:
                     g = curves[(setting, f"{probe}:{group}")]
                     ax.plot(g.steps, g.mean, ls, color=color, lw=1.0, label=f"{probe} ({group})")
         ax.axhline(chance[setting], color="gray", lw=0.8, ls="--", label="chance")
-        ax.set_xscale("symlog", linthresh=1)  # symlog: step 0 shows
-        ax.set_xlim(left=0)
+        _step_axis(ax, label=r == grid.nrows - 1)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(_setting_title(setting), fontsize=9)
-        ax.set_xlabel("training step", fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(settings) :]:
-        ax.set_visible(False)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("accuracy")
-    axes.flat[0].legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    _label_grid(axes, grid, settings)
+    for r, ax in enumerate(axes[:, 0]):  # a grid's row header above the axis label
+        ax.set_ylabel(f"{grid.rows[r]}\naccuracy" if grid.rows else "accuracy", fontsize=8)
+    _shared_legend(fig, axes)
+    if title:
+        shared = fig.get_suptitle()
+        fig.suptitle(f"{title}: {shared}" if shared else title, fontsize=11)
     return _saved(fig, path, dpi=100)
 
 
@@ -201,8 +231,7 @@ def plot_mechanisms(curves: dict, table: list[dict[str, Any]], probes: tuple[str
         bottom.set_xlabel("training step", fontsize=8)
         bottom.legend(fontsize=6, loc="best", title="answer is", title_fontsize=6)
         for ax in (top, bottom):
-            ax.set_xscale("symlog", linthresh=1)  # symlog: step 0 shows
-            ax.set_xlim(left=0)
+            _step_axis(ax, label=False)
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
     for i in range(len(table), nrows * ncols):  # empty slots of the last row of settings

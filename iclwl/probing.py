@@ -29,7 +29,7 @@ class ProbeMetrics(NamedTuple):
     group_count: jax.Array  # (..., P, 2)
     measures: dict[str, jax.Array]  # (..., P) each: means of the model's ``query_measures`` (the gated model's gate)
     attention: Attention | None = None  # each (..., P, layers, H); None with probes.mechanisms=false
-    sources: jax.Array | None = None  # (..., P, 4) answer shares in mechanisms.SOURCES order
+    sources: jax.Array | None = None  # (..., P, 4) answer shares in measures.SOURCES order
 
 
 def probe_list(probes: ProbeConfig, st: TaskStatic) -> list[str]:

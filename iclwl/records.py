@@ -1,6 +1,6 @@
 """What a run leaves in its directory: metrics.jsonl rows, the resolved config, provenance, a summary table.
 
-Reports read only these files. A row is one (step, member, probe)::
+Reports read only these files. A row is one (step, member, probe); its fields are listed in ``iclwl.measures``::
 
     {"step": 500, "member": 0, "probe": "icl_novel", "acc": 0.41, "loss": 2.1, "acc_common": null,
      "acc_rare": null, "seed": 0, "p_bursty": 1.0}
@@ -35,11 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-# Measurement fields of a probe row with probes.mechanisms: numbers (sent to W&B), and per-(layer, head) lists
-MECHANISM_SCALARS = ("induction", "prev_token", "relevant_mass", "irrelevant_mass",
-                     "src_same_class", "src_memorised", "src_context", "src_other")  # fmt: skip
-MECHANISM_LISTS = ("induction_lh", "prev_token_lh", "relevant_mass_lh", "irrelevant_mass_lh")
 
 
 class MetricsFile:
@@ -128,12 +123,6 @@ def provenance() -> dict[str, Any]:
 
 
 # coordinates that tell repeats of one setting apart (train.seeds and train.data_seeds), never part of a setting
-SEED_COORDS = ("seed", "data_seed")
-
-
-def setting_of(row: dict[str, Any], coords: list[str]) -> tuple:
-    """The swept coordinates of a row, without the seeds: rows with equal settings are seeds of one setting."""
-    return tuple((c, row[c]) for c in coords if c not in SEED_COORDS)
 
 
 def format_table(table: list[dict[str, Any]]) -> str:

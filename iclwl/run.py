@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ from iclwl import analysis
 from iclwl.checkpoints import CheckpointError, Checkpoints, checkpoint_steps, resume_conflicts
 from iclwl.config import Config, member_config, members, static_knobs
 from iclwl.groups import check_universes_fit, fit_groups
-from iclwl.mechanisms import SOURCES, headline, per_head
-from iclwl.plots import plot_run
+from iclwl.measures import SOURCES
+from iclwl.mechanisms import headline, per_head
+from iclwl.plots import plot_settings
 from iclwl.preemption import Preempted, StopRequests
 from iclwl.probing import ProbeMetrics, probe_list
 from iclwl.records import MetricsFile, format_table, provenance, read_metrics, truncate_metrics, write_config
@@ -164,40 +166,42 @@ def _run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     bar = tqdm(total=total, initial=t, disable=not cfg.logging.progress, unit="step", dynamic_ncols=True)
     health = ens.health()
     alive = np.asarray(health.alive)
-    try:
-        with StopRequests() as stop:
-            for target in np.union1d(evals, saves):
-                if target <= t:
-                    continue
-                while t < target:
-                    end = min(t + cfg.train.chunk_steps, int(target))
-                    ens.train(t, end, n=cfg.train.chunk_steps)
-                    health = ens.health()  # the one host sync of the chunk
-                    bar.update(end - t)
-                    t = end
-                    alive, dead = _report_failures(alive, health, coords)
-                    if dead:  # the members keep their last good states: save them, then stop
+    with closing(sink):  # W&B's runs are finished however the run ends
+        try:
+            with StopRequests() as stop:
+                for target in np.union1d(evals, saves):
+                    if target <= t:
+                        continue
+                    while t < target:
+                        end = min(t + cfg.train.chunk_steps, int(target))
+                        ens.train(t, end, n=cfg.train.chunk_steps)
+                        health = ens.health()  # the one host sync of the chunk
+                        bar.update(end - t)
+                        t = end
+                        alive, dead = _report_failures(alive, health, coords)
+                        if dead:  # the members keep their last good states: save them, then stop
+                            save(t)
+                            raise NonFiniteLoss(_all_stopped(health, t if ckpts is not None else None))
+                        if stop.signum is not None and t < target:  # at the target: evaluate first
+                            save(t)
+                            raise Preempted(stop.signum, t)
+                    if target in evals:
+                        probes, meter = ens.evaluate(), ens.meter()
+                        record(_train_rows(t, meter, health, coords) + probe_rows(t, probes, names, coords))
+                        ens.reset_meters()
+                        bar.set_postfix(_postfix(meter, probes, names), refresh=False)
+                    if target in saves or stop.signum is not None:
                         save(t)
-                        raise NonFiniteLoss(_all_stopped(health, t if ckpts is not None else None))
-                    if stop.signum is not None and t < target:  # at the target: evaluate first
-                        save(t)
+                    if stop.signum is not None:
                         raise Preempted(stop.signum, t)
-                if target in evals:
-                    probes, meter = ens.evaluate(), ens.meter()
-                    record(_train_rows(t, meter, health, coords) + probe_rows(t, probes, names, coords))
-                    ens.reset_meters()
-                    bar.set_postfix(_postfix(meter, probes, names), refresh=False)
-                if target in saves or stop.signum is not None:
-                    save(t)
-                if stop.signum is not None:
-                    raise Preempted(stop.signum, t)
-    finally:
-        bar.close()
-        metrics.close()
-        sink.close()
-        if ckpts is not None:
-            ckpts.close()
-    return _finish(cfg, out_dir, coords, st)
+        finally:
+            bar.close()
+            metrics.close()
+            if ckpts is not None:
+                ckpts.close()
+        table = _finish(cfg, out_dir, coords, st)
+        sink.publish(table, {"curves": out_dir / "curves.png"} if cfg.logging.plot else {}, t)
+    return table
 
 
 def _report_failures(alive: np.ndarray, health, coords: list[dict[str, Any]]) -> tuple[np.ndarray, bool]:
@@ -240,6 +244,7 @@ def _finish(cfg: Config, out_dir: Path, coords: list[dict[str, Any]], st: TaskSt
     print(text)
     if cfg.logging.plot:
         with writing(out_dir / "curves.png"):
-            plot_run(rows, keys, out_dir / "curves.png", chance=1.0 / st.n_labels, title=cfg.name)
+            probes = [p for p in analysis.probes_of(sweep) if not p.startswith(analysis.FAMILIES)]
+            plot_settings(analysis.curves(sweep, probes), probes, sweep.chance, out_dir / "curves.png", cfg.name)
     print(f"outputs: {out_dir}")
     return table

@@ -8,7 +8,9 @@ provenance are nested under ``config`` and ``provenance``. All members of a run,
 multirun, share one W&B group. Metric names are ``<probe>/<field>`` (``icl_novel/acc``, ``iwl_no_support/acc_rare``,
 ``train/loss``) against the training step ``step``; with ``per_member=false`` one run holds every member under
 ``m<member>/<probe>/<field>``. The mechanistic measures go the same way (``icl_novel/induction``,
-``in_dist/src_memorised``; docs/mechanisms.md).
+``in_dist/src_memorised``; docs/mechanisms.md). At the end of a run each W&B run gets ``summary/table`` (the
+summary rows of its setting) and ``summary/curves`` (the job's figure); ``iclwl.dashboard`` builds the workspace
+that compares a sweep's settings from them.
 
 W&B is never load-bearing: metrics.jsonl is the record. Any exception from W&B (no network, no login, a server
 error) is reported once on stderr and turns the sink off; training goes on.
@@ -33,12 +35,10 @@ from typing import Any
 
 from data_gen import ConfigError
 from iclwl.config import WandbConfig
-from iclwl.records import MECHANISM_SCALARS
+from iclwl.measures import SEED_COORDS, is_measurement
 
 IDS_FILE = "wandb_ids.json"
-# the fields of a row that are measurements (the per-(layer, head) lists stay in metrics.jsonl;
-# gate_iwl: the gated model's gate, iclwl/gated.py)
-METRICS = ("acc", "loss", "acc_common", "acc_rare", "gate_iwl", "stopped_at", *MECHANISM_SCALARS)
+SUMMARY_LEFT_OUT = ("setting",)  # the text of the coordinates, which are columns of their own
 
 
 def require_wandb(cfg: WandbConfig) -> None:
@@ -56,15 +56,25 @@ def default_group(name: str, out_dir: Path) -> str:
 
 
 def step_logs(rows: list[dict[str, Any]], prefix_member: bool) -> dict[int, dict[int, dict[str, Any]]]:
-    """Rows -> {member: {step: {metric name: value}}}; missing values (None) are left out rather than logged."""
+    """Rows -> {member: {step: {metric name: value}}}: every measurement that is a number (iclwl.measures; the
+    per-(layer, head) lists stay in metrics.jsonl); missing values (None) are left out rather than logged."""
     logs: dict[int, dict[int, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
     for row in rows:
         prefix = f"m{row['member']}/" if prefix_member else ""
         entry = logs[row["member"]][row["step"]]
-        for field in METRICS:
-            if row.get(field) is not None:
-                entry[f"{prefix}{row['probe']}/{field}"] = row[field]
+        for field, value in row.items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and is_measurement(field, value):
+                entry[f"{prefix}{row['probe']}/{field}"] = value
     return logs
+
+
+def _same_setting(row: dict[str, Any], coord: dict[str, Any]) -> bool:
+    """Whether a summary row (keyed by its setting's coordinates) is the setting of a member's coordinates."""
+    return all(row[k] == v for k, v in coord.items() if k in row and k not in SEED_COORDS)
+
+
+def _cell(value: Any) -> Any:
+    return value if value is None or isinstance(value, bool | int | float | str) else str(value)
 
 
 def _new_id() -> str:
@@ -107,10 +117,10 @@ class WandbSink:
         saved = self._saved() if start_step > 0 else None
         self.ids = [s["id"] for s in saved] if saved else [_new_id() for _ in self.run_members]
         self.last = [s["last_step"] for s in saved] if saved else [None] * len(self.run_members)
-        group = cfg.group or group or default_group(name, out_dir)
+        group = self.group = cfg.group or group or default_group(name, out_dir)
         root = Path(cfg.dir) if cfg.dir else out_dir
         configs = run_config if isinstance(run_config, list) else [run_config] * len(coords)
-        self._guard("start", lambda: self._start(configs, provenance, coords, root, name, group, static or {}))
+        self._guard("start", lambda: self._start(configs, provenance, coords, root, name, static or {}))
 
     def _saved(self) -> list[dict[str, Any]] | None:
         """The ids of the W&B runs of the interrupted run, if it had the same members."""
@@ -124,10 +134,10 @@ class WandbSink:
         triples = zip(self.ids, self.last, self.run_members, strict=True)
         runs = [{"id": i, "last_step": s, "members": g} for i, s, g in triples]
         tmp = self.ids_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
+        tmp.write_text(json.dumps({"group": self.group, "runs": runs}, indent=1) + "\n")
         os.replace(tmp, self.ids_path)  # a kill while writing leaves the previous file
 
-    def _start(self, configs, provenance, coords, root: Path, name: str, group: str, static: dict[str, Any]) -> None:
+    def _start(self, configs, provenance, coords, root: Path, name: str, static: dict[str, Any]) -> None:
         import wandb
 
         root.mkdir(parents=True, exist_ok=True)
@@ -139,7 +149,7 @@ class WandbSink:
             else:  # one run for every member: the base config, each member's values under members
                 top, label, run_config = {**static, "members": coords}, name, configs[0]
             run = wandb.init(
-                entity=self.cfg.entity, project=self.cfg.project, group=group, job_type="train", name=label,
+                entity=self.cfg.entity, project=self.cfg.project, group=self.group, job_type="train", name=label,
                 tags=list(self.cfg.tags), dir=str(root), id=self.ids[i], resume="allow", mode=self.cfg.mode,
                 config={**top, "config": run_config, "provenance": provenance},
                 reinit="create_new",  # several live runs in one process, one per member
@@ -151,7 +161,7 @@ class WandbSink:
             self.runs.append(run)
         where = f"{self.cfg.entity + '/' if self.cfg.entity else ''}{self.cfg.project}"
         note = f"; upload with: wandb sync {root / 'wandb'}/offline-run-*" if self.cfg.mode == "offline" else ""
-        print(f"W&B ({self.cfg.mode}): {len(self.runs)} run(s) in {where}, group {group}{note}")
+        print(f"W&B ({self.cfg.mode}): {len(self.runs)} run(s) in {where}, group {self.group}{note}")
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         """Log the rows of one evaluation (as written to metrics.jsonl)."""
@@ -171,6 +181,23 @@ class WandbSink:
                 run.log({"step": step, **by_step[step]})
                 self.last[i] = step
         self._save()
+
+    def publish(self, table: list[dict[str, Any]], figures: dict[str, Path], step: int) -> None:
+        """At the end of a run: its summary table (``summary/table``, the rows of each W&B run's own setting) and
+        figures (``summary/<name>``, the whole job's) beside the curves, at the run's last step."""
+        if self.runs:
+            self._guard("publish", lambda: self._publish(table, figures, step))
+
+    def _publish(self, table: list[dict[str, Any]], figures: dict[str, Path], step: int) -> None:
+        import wandb
+
+        images = {f"summary/{name}": path for name, path in figures.items() if path.exists()}
+        for run, members in zip(self.runs, self.run_members, strict=True):
+            own = table if not self.cfg.per_member else [t for t in table if _same_setting(t, members[0])]
+            columns = [c for c in own[0] if c not in SUMMARY_LEFT_OUT] if own else ["probe"]
+            rows = [[_cell(t.get(c)) for c in columns] for t in own]
+            media = {k: wandb.Image(str(v)) for k, v in images.items()}
+            run.log({"step": step, "summary/table": wandb.Table(columns=columns, data=rows), **media})
 
     def close(self) -> None:
         """Finish the W&B runs. Online this waits for the upload; offline, wandb's service completes the files

@@ -10,7 +10,7 @@ from test_training import tiny
 from data_gen import ConfigError, make_universe
 from iclwl.config import ProbeConfig, SweepConfig, TrainConfig, members, validate_config
 from iclwl.groups import Groups, fit_groups
-from iclwl.records import MECHANISM_LISTS, MECHANISM_SCALARS
+from iclwl.measures import MECHANISM_LISTS, MECHANISM_SCALARS
 from iclwl.run import ensemble_static, run
 from iclwl.training import member_inputs
 

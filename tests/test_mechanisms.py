@@ -12,9 +12,10 @@ from test_training import tiny
 
 from data_gen import Batch, TaskSpec, make_universe, static_part
 from iclwl.config import CheckpointConfig, Config, LoggingConfig, ProbeConfig, TrainConfig
-from iclwl.mechanisms import SOURCES, attention_measures, headline, per_head, prediction_sources
+from iclwl.measures import MECHANISM_LISTS, MECHANISM_SCALARS, SOURCES
+from iclwl.mechanisms import attention_measures, headline, per_head, prediction_sources
 from iclwl.probing import memorised_labels
-from iclwl.records import MECHANISM_LISTS, MECHANISM_SCALARS, read_metrics, write_config
+from iclwl.records import read_metrics, write_config
 from iclwl.report import main
 from iclwl.run import ensemble_static, probe_rows, run
 from iclwl.training import Program, compiled, member_inputs

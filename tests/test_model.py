@@ -89,7 +89,8 @@ def test_first_layer_from_projected_tables_matches_projecting_tokens(cfg, query_
     (_, plain), g_plain = jax.value_and_grad(loss, has_aux=True)(params, False)
     np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_plain), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        # float32 sums taken in another order: gradients of entries near 0 differ by a few ulps of the large ones
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5)
 
 
 READS_INPUTS = [

@@ -16,8 +16,8 @@ from iclwl.checkpoints import resume_conflicts
 from iclwl.config import CheckpointConfig, LoggingConfig, ModelConfig, OptimConfig, ProbeConfig, TrainConfig, from_dict
 from iclwl.gated import Gated
 from iclwl.lstm import LSTM
+from iclwl.measures import MECHANISM_LISTS, MECHANISM_SCALARS
 from iclwl.model import Transformer
-from iclwl.records import MECHANISM_LISTS, MECHANISM_SCALARS
 from iclwl.reference import evaluate_reference, format_reference, main, reference_metrics
 from iclwl.run import ensemble_static, run
 from tests.test_training import TINY_TASK, assert_member_is_single_run, tiny, train

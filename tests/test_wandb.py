@@ -132,6 +132,31 @@ def test_offline_run_per_member_holds_config_and_metrics(tmp_path):
         assert any(mt.glob_name == "*" and mt.step_metric == "step" for mt in metrics)
 
 
+def test_the_summary_table_and_figure_are_logged_at_the_end(tmp_path):
+    """Each member's W&B run gets the summary rows of its own setting as a table, and the job's figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    Figure().savefig(tmp_path / "curves.png")
+    table = [{"p_bursty": b, "setting": f"p_bursty={b}", "probe": "icl_novel", "final": b, "seeds": 2}
+             for b in (0.5, 0.9)]  # fmt: skip
+    s = sink(tmp_path)
+    s.write(rows_at(0))
+    s.publish(table, {"curves": tmp_path / "curves.png", "absent": tmp_path / "none.png"}, step=10)
+    s.close()
+    for path in offline_runs(tmp_path).values():
+        *_, history = run_info(path[0])
+        last = history[-1]  # wandb-core writes a media value's fields as keys of their own
+        assert last["step"] == 10 and last["summary/curves._type"] == "image-file"
+        assert last["summary/table._type"] == "table-file" and not any(k.startswith("summary/absent") for k in last)
+        file = path[0].parent / "files" / last["summary/table.path"]
+        logged = json.loads(file.read_text())
+        assert logged["columns"] == ["p_bursty", "probe", "final", "seeds"]
+        assert logged["data"] == [[0.5, "icl_novel", 0.5, 2]]  # its own setting only
+
+
 def test_one_run_for_the_ensemble_prefixes_members(tmp_path):
     s = sink(tmp_path, per_member=False, group="mine", dir=str(tmp_path / "elsewhere"))
     s.write(rows_at(0))
@@ -296,6 +321,7 @@ def test_each_member_run_holds_its_own_values_and_the_jobs_static_knobs(tmp_path
 
     base = tiny_run_config("offline")
     seen = set()
+    (tmp_path / "multirun.yaml").write_text("{}\n")  # the jobs are the subdirectories of one Hydra multirun
     for L in (2, 4):
         task = dataclasses.replace(base.task, L=L, B=1, p_relevant=0.9, p_bursty=0.0)
         cfg = dataclasses.replace(base, task=task, sweep=SweepConfig(p_relevant=(0.5, 1.0)),
@@ -307,4 +333,11 @@ def test_each_member_run_holds_its_own_values_and_the_jobs_static_knobs(tmp_path
             assert config["config"]["task"]["p_relevant"] == config["p_relevant"]  # the member's own value
             assert config["config"]["task"]["L"] == L
             seen.add((config["L"], config["p_relevant"]))
+            *_, history = run_info(offline_runs(tmp_path / f"L{L}")[entry["id"]][0])
+            assert history[-1]["summary/table._type"] == "table-file"  # logged at the end
+            assert history[-1]["summary/curves._type"] == "image-file"
     assert seen == {(2, 0.5), (2, 1.0), (4, 0.5), (4, 1.0)}
+    from iclwl.dashboard import plan
+
+    dashboard = plan(tmp_path, entity="lab")  # the workspace that compares them
+    assert dashboard.group_by == ["p_relevant", "L"] and dashboard.groups == [default_group(base.name, tmp_path / "L2")]
