@@ -185,8 +185,9 @@ def _setting(row: dict[str, Any], coords: list[str]) -> Setting:
     return tuple((c, row[c]) for c in coords)
 
 
-def describe(setting: Setting) -> str:
-    return ", ".join(f"{k}={value_text(k, v)}" for k, v in setting) or "-"
+def describe(setting: Setting, empty: str = "-") -> str:
+    """A setting as people write it, ``p_relevant=0.9, N=∞``; ``empty`` when it has no coordinates."""
+    return ", ".join(f"{k}={value_text(k, v)}" for k, v in setting) or empty
 
 
 def value_text(coord: str, value: Any) -> str:

@@ -82,9 +82,3 @@ def make_encoder(kind: str, item_dim: int, width: int, stages: int, *, rngs: nnx
     if kind == "random":
         return RandomFeatures(item_dim, width)
     return Identity(item_dim)
-
-
-def image_side(item_dim: int) -> int | None:
-    """The side of a square image with ``item_dim`` pixels, or None."""
-    side = math.isqrt(item_dim)
-    return side if side * side == item_dim else None

@@ -20,7 +20,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from iclwl.analysis import Setting, sort_key, value_text
+from iclwl.analysis import Setting, describe, sort_key, value_text
 
 STYLE = {
     "icl_novel": ("tab:blue", "-"),
@@ -45,7 +45,7 @@ def _saved(fig: Figure, path: Path | None, dpi: int) -> Figure:
 
 
 def _setting_title(setting: tuple) -> str:
-    return ", ".join(f"{k}={value_text(k, v)}" for k, v in setting) or "all runs"
+    return describe(setting, empty="all runs")
 
 
 def _step_axis(ax, label: bool = True) -> None:
@@ -79,13 +79,15 @@ class Grid:
 
 
 def grid_of(settings: list[Setting], wrap: int = 4) -> Grid:
-    """Two varying coordinates: columns are the first one's values, rows the second's; else wrap settings."""
+    """Two varying coordinates whose values cross (every pair a setting): columns are the first one's values, rows
+    the second's; else (one, three or more, or zipped coordinates) the settings wrap."""
     names = [k for k, _ in settings[0]] if settings else []
     varying = [k for i, k in enumerate(names) if len({s[i][1] for s in settings}) > 1]
     if len(varying) == 2:
         x, y = (names.index(k) for k in varying)
         xs = sorted({s[x][1] for s in settings}, key=sort_key)
         ys = sorted({s[y][1] for s in settings}, key=sort_key)
+    if len(varying) == 2 and len(xs) * len(ys) == len(settings):
         place = {s: (ys.index(s[y][1]), xs.index(s[x][1])) for s in settings}
         heads = [f"{varying[0]}={value_text(varying[0], v)}" for v in xs]
         return Grid(len(ys), len(xs), place, heads, [f"{varying[1]}={value_text(varying[1], v)}" for v in ys])

@@ -33,12 +33,13 @@ import numpy as np
 
 from data_gen import ConfigError, TaskParams, TaskStatic, Universe
 from data_gen.universe import labels_of
+from iclwl.analysis import describe
 from iclwl.compose import ComposeError, compose
 from iclwl.config import Config, members
 from iclwl.context import answer_rows, cosine, label_mixture, visible
 from iclwl.measures import ROW_KEY, SEED_COORDS, is_measurement
 from iclwl.probing import ProbeMetrics, evaluate_member, probe_list
-from iclwl.run import probe_rows
+from iclwl.rows import probe_rows
 from iclwl.training import MemberInputs, ensemble_static, member_inputs, shared_universe
 
 EPS = 1e-3  # probability mass a reference predictor spreads over every label: keeps its loss finite
@@ -126,7 +127,7 @@ def format_reference(rows: list[dict[str, Any]]) -> str:
     fixed = {*ROW_KEY, "predictor", *SEED_COORDS}  # with the measurements; what is left are the swept coordinates
     acc: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        setting = ", ".join(f"{k}={v}" for k, v in r.items() if k not in fixed and not is_measurement(k, v)) or "-"
+        setting = describe(tuple((k, v) for k, v in r.items() if k not in fixed and not is_measurement(k, v)))
         acc[(r["predictor"], setting)][r["probe"]].append(r["acc"])
     lines = ["| predictor | setting | " + " | ".join(probes) + " |", "|---|---|" + "---|" * len(probes)]
     for (predictor, setting), by_probe in acc.items():

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import sys
 from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,14 @@ from iclwl import analysis
 from iclwl.checkpoints import CheckpointError, Checkpoints, checkpoint_steps, resume_conflicts
 from iclwl.config import Config, member_config, members, static_knobs
 from iclwl.groups import check_universes_fit, fit_groups
-from iclwl.measures import SOURCES
-from iclwl.mechanisms import headline, per_head
 from iclwl.plots import plot_settings
 from iclwl.preemption import Preempted, StopRequests
 from iclwl.probing import ProbeMetrics, probe_list
 from iclwl.records import MetricsFile, format_table, provenance, read_metrics, truncate_metrics, write_config
+from iclwl.rows import probe_rows, train_rows
 from iclwl.rundir import check_target, owned, prepare, writing
 from iclwl.sharding import use_cpu_devices
-from iclwl.training import Health, Meter, Program, compiled, ensemble_static, member_inputs, shared_universe
+from iclwl.training import Meter, Program, compiled, ensemble_static, member_inputs, shared_universe
 from iclwl.wandb_sink import WandbSink, require_wandb
 
 
@@ -43,43 +43,6 @@ def eval_schedule(total: int, n_log: int, every: int) -> np.ndarray:
     log = np.round(np.geomspace(1, total, n_log)) if n_log else []
     steps = np.unique(np.concatenate([[0, total], log, np.arange(every, total + 1, every)]).astype(np.int64))
     return steps[(steps >= 0) & (steps <= total)]
-
-
-def probe_rows(step: int, probes: ProbeMetrics, names: list[str], coords: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for m, coord in enumerate(coords):
-        for p, name in enumerate(names):
-            correct, count = probes.group_correct[m, p], probes.group_count[m, p]
-            group_acc = [float(correct[g] / count[g]) if count[g] else None for g in range(2)]
-            rows.append(
-                {"step": step, "member": m, "probe": name, "acc": float(probes.acc[m, p]),
-                 "loss": float(probes.loss[m, p]), "acc_common": group_acc[0], "acc_rare": group_acc[1],
-                 **_mechanism_fields(probes, m, p),
-                 **{k: float(v[m, p]) for k, v in probes.measures.items()}, **coord}
-            )  # fmt: skip
-    return rows
-
-
-def _mechanism_fields(probes: ProbeMetrics, m: int, p: int) -> dict[str, Any]:
-    """The fields of records.MECHANISM_SCALARS and MECHANISM_LISTS for member m, probe p (none when off)."""
-    fields: dict[str, Any] = {}
-    if probes.sources is not None:
-        fields |= {f"src_{s}": float(probes.sources[m, p, i]) for i, s in enumerate(SOURCES)}
-    if probes.attention is not None:  # the transformer's; other archs have no attention weights
-        lh = {k: np.asarray(v[m, p]) for k, v in probes.attention._asdict().items()}  # (layers, H) each
-        fields |= {**headline(lh), **{f"{k}_lh": per_head(v) for k, v in lh.items()}}
-    return fields
-
-
-def _train_rows(step: int, meter: Meter, health: Health, coords: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean training loss and accuracy over the steps each member took since the last evaluation."""
-    rows = []
-    for m, coord in enumerate(coords):
-        n = int(meter.steps[m])
-        loss, acc = (float(meter.loss[m] / n), float(meter.acc[m] / n)) if n else (None, None)
-        rows.append({"step": step, "member": m, "probe": "train", "acc": acc, "loss": loss,
-                     "stopped_at": None if health.alive[m] else int(health.bad_step[m]), **coord})  # fmt: skip
-    return rows
 
 
 class NonFiniteLoss(Exception):
@@ -104,72 +67,115 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
 
 def _run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     use_cpu_devices(cfg.train.cpu_devices)  # before JAX runs anything
-    st = ensemble_static(cfg)
-    coords = members(cfg)
-    names = probe_list(cfg.probes, st)
-    total = cfg.train.steps
-    evals = eval_schedule(total, cfg.probes.n_log, cfg.probes.every)
-    saves, forever = checkpoint_steps(cfg.checkpoint, total, evals)
-    check_universes_fit(cfg, st)  # before member_inputs builds them
-    init_keys, mem = member_inputs(cfg)
-    ckpts = Checkpoints(out_dir / "checkpoints", cfg.checkpoint, forever) if cfg.checkpoint.enabled else None
-    fresh = {"state": jax.eval_shape(compiled(Program.of(cfg, st)).init, init_keys),  # what a checkpoint holds
-             "data_keys": jax.random.key_data(mem.data_key),
-             "eval_keys": jax.random.key_data(mem.eval_key)}  # fmt: skip
+    job = Job.build(cfg, out_dir)
+    t = job.restore()
+    job.open_record(t)
+    with closing(job.sink):  # W&B's runs are finished however the run ends
+        t = job.train(t)
+        table = _finish(cfg, out_dir, job.coords, job.st)
+        job.sink.publish(table, {"curves": out_dir / "curves.png"} if cfg.logging.plot else {}, t)
+    return table
 
-    def check(meta: dict[str, Any]) -> None:
-        conflicts = resume_conflicts(meta["config"], cfg)
+
+@dataclass
+class Job:
+    """One run's parts, in the order ``_run`` uses them: built (schedule, member inputs, checkpoints), restored
+    (the checkpoint checked, then the members' program made and loaded), recorded (config, provenance, metrics
+    file, W&B), trained."""
+
+    cfg: Config
+    out_dir: Path
+    st: TaskStatic
+    coords: list[dict[str, Any]]  # each member's coordinates
+    names: list[str]  # the probes
+    evals: np.ndarray  # steps after which the probes run
+    saves: np.ndarray  # steps after which a checkpoint is written
+    ckpts: Checkpoints | None
+    fresh: dict[str, Any]  # what a checkpoint holds, as shapes (restore's template)
+    inputs: tuple  # (init keys, MemberInputs)
+    ens: Any = None  # iclwl.groups.Groups: the members, in one program or several (made by restore)
+    origin: dict[str, Any] = field(default_factory=provenance)
+    metrics: MetricsFile | None = None
+    sink: WandbSink | None = None
+
+    @classmethod
+    def build(cls, cfg: Config, out_dir: Path) -> Job:
+        st = ensemble_static(cfg)
+        evals = eval_schedule(cfg.train.steps, cfg.probes.n_log, cfg.probes.every)
+        saves, forever = checkpoint_steps(cfg.checkpoint, cfg.train.steps, evals)
+        check_universes_fit(cfg, st)  # before member_inputs builds them
+        init_keys, mem = member_inputs(cfg)
+        ckpts = Checkpoints(out_dir / "checkpoints", cfg.checkpoint, forever) if cfg.checkpoint.enabled else None
+        fresh = {"state": jax.eval_shape(compiled(Program.of(cfg, st)).init, init_keys),
+                 "data_keys": jax.random.key_data(mem.data_key),
+                 "eval_keys": jax.random.key_data(mem.eval_key)}  # fmt: skip
+        names = probe_list(cfg.probes, st)
+        return cls(cfg, out_dir, st, members(cfg), names, evals, saves, ckpts, fresh, (init_keys, mem))
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out_dir / "metrics.jsonl"
+
+    def restore(self) -> int:
+        """Check the newest readable checkpoint (before anything compiles), make the members' program, load the
+        checkpoint into it and drop the rows written after it; the step the run starts from."""
+        restored = self.ckpts.restore_latest(self.fresh, self._check) if self.ckpts else None
+        if restored is not None and not np.array_equal(restored.tree["data_keys"], self.fresh["data_keys"]):
+            raise CheckpointError(f"checkpoint at step {restored.step}: its data keys are not this run's seeds'")
+        self.ens = fit_groups(self.cfg, self.st, shared_universe(self.cfg, self.st), *self.inputs)
+        if self.ens.count > 1 or self.ens.layout.mesh.size > 1:
+            print(self.ens.describe())
+        if restored is None:
+            if self.metrics_path.exists():  # a run directory's own rows, of an earlier start without a checkpoint
+                self.metrics_path.unlink()
+            return 0
+        self.ens.load(restored.tree["state"])
+        with writing(self.metrics_path):
+            dropped = truncate_metrics(self.metrics_path, restored.step)
+        print(f"resuming at step {restored.step} from {self.ckpts.directory / str(restored.step)}"
+              + (f"; dropped {dropped} metrics rows written after it" if dropped else ""))  # fmt: skip
+        return restored.step
+
+    def _check(self, meta: dict[str, Any]) -> None:
+        conflicts = resume_conflicts(meta["config"], self.cfg)
         if conflicts:
-            raise ConfigError("train.resume", str(out_dir), "the checkpoint was made with other settings that "
-                              f"change its meaning: {'; '.join(conflicts)}")  # fmt: skip
+            raise ConfigError("train.resume", str(self.out_dir), "the checkpoint was made with other settings "
+                              f"that change its meaning: {'; '.join(conflicts)}")  # fmt: skip
 
-    restored = ckpts.restore_latest(fresh, check) if ckpts else None
-    if restored is not None and not np.array_equal(restored.tree["data_keys"], fresh["data_keys"]):
-        raise CheckpointError(f"checkpoint at step {restored.step}: its data keys are not this run's seeds'")
-    ens = fit_groups(cfg, st, shared_universe(cfg, st), init_keys, mem)
-    if ens.count > 1 or ens.layout.mesh.size > 1:
-        print(ens.describe())
-    origin = provenance()
-    metrics_path = out_dir / "metrics.jsonl"
-    if restored is not None:
-        ens.load(restored.tree["state"])
-        t = restored.step
-        with writing(metrics_path):
-            dropped = truncate_metrics(metrics_path, t)
-        print(f"resuming at step {t} from {ckpts.directory / str(t)}" + (f"; dropped {dropped} metrics rows "
-              "written after it" if dropped else ""))  # fmt: skip
-    else:
-        if metrics_path.exists():  # a run directory's own rows, of an earlier start that left no checkpoint
-            metrics_path.unlink()
-        t = 0
-    with writing(out_dir):  # after the resume check: a refused config leaves the record alone
-        write_config(out_dir / "config.json", cfg)
-        (out_dir / "provenance.json").write_text(json.dumps(origin, indent=2) + "\n")
-        metrics = MetricsFile(metrics_path)
-    effective = [member_config(cfg, i) for i in range(len(coords))] if cfg.wandb.mode != "disabled" else []
-    sink = WandbSink(cfg.wandb, effective, origin, coords, out_dir, cfg.name, None, start_step=t,
-                     static=static_knobs(cfg))  # fmt: skip
+    def open_record(self, t: int) -> None:
+        """config.json, provenance.json, the metrics file and W&B; the step-0 evaluation of a fresh start."""
+        cfg = self.cfg
+        with writing(self.out_dir):  # after the resume check: a refused config leaves the record alone
+            write_config(self.out_dir / "config.json", cfg)
+            (self.out_dir / "provenance.json").write_text(json.dumps(self.origin, indent=2) + "\n")
+            self.metrics = MetricsFile(self.metrics_path)
+        effective = [member_config(cfg, i) for i in range(len(self.coords))] if cfg.wandb.mode != "disabled" else []
+        self.sink = WandbSink(cfg.wandb, effective, self.origin, self.coords, self.out_dir, cfg.name, None,
+                              start_step=t, static=static_knobs(cfg))  # fmt: skip
+        if t == 0:
+            self.record(probe_rows(0, self.ens.evaluate(), self.names, self.coords))
 
-    def record(rows: list[dict[str, Any]]) -> None:
-        with writing(metrics_path):
-            metrics.write(rows)  # the record; W&B only mirrors it
-        sink.write(rows)
+    def record(self, rows: list[dict[str, Any]]) -> None:
+        with writing(self.metrics_path):
+            self.metrics.write(rows)  # the record; W&B only mirrors it
+        self.sink.write(rows)
 
-    if t == 0:
-        record(probe_rows(0, ens.evaluate(), names, coords))
+    def save(self, step: int) -> None:
+        if self.ckpts is not None:
+            meta = {"config": dataclasses.asdict(self.cfg), "members": self.coords, "provenance": self.origin}
+            self.ckpts.save(step, {**self.fresh, "state": self.ens.state()}, meta)
 
-    def save(step: int) -> None:
-        if ckpts is not None:
-            meta = {"config": dataclasses.asdict(cfg), "members": coords, "provenance": origin}
-            ckpts.save(step, {**fresh, "state": ens.state()}, meta)
-
-    bar = tqdm(total=total, initial=t, disable=not cfg.logging.progress, unit="step", dynamic_ncols=True)
-    health = ens.health()
-    alive = np.asarray(health.alive)
-    with closing(sink):  # W&B's runs are finished however the run ends
+    def train(self, t: int) -> int:
+        """Chunks from step t to the end, with the evaluations and saves on the way; returns the last step.
+        Raises NonFiniteLoss when every member has stopped, Preempted on a stop request (after saving)."""
+        cfg, ens = self.cfg, self.ens
+        bar = tqdm(total=cfg.train.steps, initial=t, disable=not cfg.logging.progress, unit="step",
+                   dynamic_ncols=True)  # fmt: skip
+        health = ens.health()
+        alive = np.asarray(health.alive)
         try:
             with StopRequests() as stop:
-                for target in np.union1d(evals, saves):
+                for target in np.union1d(self.evals, self.saves):
                     if target <= t:
                         continue
                     while t < target:
@@ -178,30 +184,29 @@ def _run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
                         health = ens.health()  # the one host sync of the chunk
                         bar.update(end - t)
                         t = end
-                        alive, dead = _report_failures(alive, health, coords)
+                        alive, dead = _report_failures(alive, health, self.coords)
                         if dead:  # the members keep their last good states: save them, then stop
-                            save(t)
-                            raise NonFiniteLoss(_all_stopped(health, t if ckpts is not None else None))
+                            self.save(t)
+                            raise NonFiniteLoss(_all_stopped(health, t if self.ckpts is not None else None))
                         if stop.signum is not None and t < target:  # at the target: evaluate first
-                            save(t)
+                            self.save(t)
                             raise Preempted(stop.signum, t)
-                    if target in evals:
+                    if target in self.evals:
                         probes, meter = ens.evaluate(), ens.meter()
-                        record(_train_rows(t, meter, health, coords) + probe_rows(t, probes, names, coords))
+                        self.record(train_rows(t, meter, health, self.coords)
+                                    + probe_rows(t, probes, self.names, self.coords))  # fmt: skip
                         ens.reset_meters()
-                        bar.set_postfix(_postfix(meter, probes, names), refresh=False)
-                    if target in saves or stop.signum is not None:
-                        save(t)
+                        bar.set_postfix(_postfix(meter, probes, self.names), refresh=False)
+                    if target in self.saves or stop.signum is not None:
+                        self.save(t)
                     if stop.signum is not None:
                         raise Preempted(stop.signum, t)
         finally:
             bar.close()
-            metrics.close()
-            if ckpts is not None:
-                ckpts.close()
-        table = _finish(cfg, out_dir, coords, st)
-        sink.publish(table, {"curves": out_dir / "curves.png"} if cfg.logging.plot else {}, t)
-    return table
+            self.metrics.close()
+            if self.ckpts is not None:
+                self.ckpts.close()
+        return t
 
 
 def _report_failures(alive: np.ndarray, health, coords: list[dict[str, Any]]) -> tuple[np.ndarray, bool]:
@@ -222,7 +227,7 @@ def _all_stopped(health, saved_at: int | None) -> str:
 
 
 def _coord_text(coord: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in coord.items())
+    return analysis.describe(tuple(coord.items()))
 
 
 def _postfix(meter: Meter, probes: ProbeMetrics, names: list[str]) -> dict[str, str]:

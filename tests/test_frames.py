@@ -62,3 +62,16 @@ def test_plots_return_figures_and_importing_them_picks_no_backend(tmp_path):
     check = "import sys, iclwl.plots, iclwl.report; print('matplotlib.pyplot' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_two_crossed_coordinates_make_a_grid_and_zipped_ones_wrap():
+    from iclwl.plots import grid_of
+
+    crossed = [(("p_relevant", p), ("N", n)) for n in (64, None) for p in (0.5, 0.9)]
+    grid = grid_of(crossed)
+    assert (grid.nrows, grid.ncols) == (2, 2) and grid.cols == ["p_relevant=0.5", "p_relevant=0.9"]
+    assert grid.rows == ["N=64", "N=∞"] and grid.place[(("p_relevant", 0.9), ("N", None))] == (1, 1)
+    zipped = [(("K", 32), ("p_bursty", 0.0)), (("K", 1024), ("p_bursty", 1.0))]
+    assert grid_of(zipped).cols == [] and (grid_of(zipped).nrows, grid_of(zipped).ncols) == (1, 2)
+    five = [(("K", k),) for k in range(5)]
+    assert (grid_of(five).nrows, grid_of(five).ncols, grid_of(five).place[(("K", 4),)]) == (2, 4, (1, 0))

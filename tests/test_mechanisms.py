@@ -17,7 +17,8 @@ from iclwl.mechanisms import attention_measures, headline, per_head, prediction_
 from iclwl.probing import memorised_labels
 from iclwl.records import read_metrics, write_config
 from iclwl.report import main
-from iclwl.run import ensemble_static, probe_rows, run
+from iclwl.rows import probe_rows
+from iclwl.run import ensemble_static, run
 from iclwl.training import Program, compiled, member_inputs
 
 # L = 4 context pairs; the query (class 1) shares its class with items 0 and 2

@@ -70,18 +70,14 @@ def _run(tmp: Path, name: str, devices: int | None, *extra: str) -> list[dict]:
     return [json.loads(line) for line in (tmp / name / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_sharded_over_8_host_devices_equals_one_device(tmp_path):
-    grid = ("sweep.lr=[0.001,0.003]", "train.seeds=[0,1,2,3]")  # 8 members: one per device
-    one, eight = _run(tmp_path, "one", 1, *grid), _run(tmp_path, "eight", 8, *grid)
-    few = _run(tmp_path, "few", 8, "train.seeds=[0,1]")  # 2 members: each batch split 4 ways
-    few_one = [r for r in one if r["lr"] == 0.001 and r["seed"] in (0, 1)]
-    for a, b in [(one, eight), (few_one, few)]:
-        assert len(a) == len(b)
-        for x, y in zip(a, b, strict=True):
-            assert (x["step"], x["probe"], x["seed"]) == (y["step"], y["probe"], y["seed"])
-            np.testing.assert_allclose(x["loss"], y["loss"], rtol=1e-4)
-    coords = {(r["seed"], r["lr"]) for r in one}
-    assert coords == {(s, lr) for s in range(4) for lr in (0.001, 0.003)}
+def test_members_split_over_8_host_devices_equal_one_device(tmp_path):
+    """Fewer members than devices: 2 members on 8 host devices, each member's batch split 4 ways, give the numbers
+    of one device. (Members one to a device are checked on 2 devices below.)"""
+    one, few = _run(tmp_path, "one", 1, "train.seeds=[0,1]"), _run(tmp_path, "few", 8, "train.seeds=[0,1]")
+    assert len(one) == len(few) and {r["seed"] for r in few} == {0, 1}
+    for x, y in zip(one, few, strict=True):
+        assert (x["step"], x["probe"], x["seed"]) == (y["step"], y["probe"], y["seed"])
+        np.testing.assert_allclose(x["loss"], y["loss"], rtol=1e-4)
 
 
 def test_cpu_devices_splits_the_host_saves_resumes_and_gives_the_same_numbers(tmp_path):
