@@ -32,7 +32,7 @@ from typing import Any
 from iclwl.analysis import FAMILIES, ReportError, Run, combine, find_runs, probes_of, values_of
 from iclwl.config import STATIC_KNOBS
 from iclwl.measures import MECHANISM_SCALARS
-from iclwl.wandb_sink import IDS_FILE, default_group
+from iclwl.wandb_sink import IDS_FILE, run_group
 
 # probe -> section; probes of the shots_k / distance_d families go to their own section
 SECTIONS = {
@@ -110,7 +110,7 @@ def _group(run: Run) -> str:
         return json.loads((run.path / IDS_FILE).read_text())["group"]
     except (OSError, ValueError, KeyError):
         pass
-    return run.config.get("wandb.group") or default_group(run.config.get("name", "iclwl"), run.path)
+    return run_group(run.config.get("wandb.group"), run.config.get("name", "iclwl"), run.path)
 
 
 def workspace(p: Plan):

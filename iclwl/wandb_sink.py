@@ -47,6 +47,11 @@ def require_wandb(cfg: WandbConfig) -> None:
         raise ConfigError("wandb.mode", cfg.mode, "needs the wandb package: pip install 'iclwl[wandb]' (or disabled)")
 
 
+def run_group(configured: str | None, name: str, out_dir: Path) -> str:
+    """The W&B group of a run: ``wandb.group`` when set, else ``default_group``."""
+    return configured or default_group(name, out_dir)
+
+
 def default_group(name: str, out_dir: Path) -> str:
     """The W&B group of a run: Hydra's basic sweeper writes multirun.yaml into the sweep directory, whose
     subdirectories are the jobs, so every job of one multirun lands in one group; a single run is its own group."""
@@ -117,7 +122,7 @@ class WandbSink:
         saved = self._saved() if start_step > 0 else None
         self.ids = [s["id"] for s in saved] if saved else [_new_id() for _ in self.run_members]
         self.last = [s["last_step"] for s in saved] if saved else [None] * len(self.run_members)
-        group = self.group = cfg.group or group or default_group(name, out_dir)
+        self.group = run_group(cfg.group or group, name, out_dir)
         root = Path(cfg.dir) if cfg.dir else out_dir
         configs = run_config if isinstance(run_config, list) else [run_config] * len(coords)
         self._guard("start", lambda: self._start(configs, provenance, coords, root, name, static or {}))
