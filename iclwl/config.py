@@ -86,6 +86,9 @@ class TrainConfig:
     # 0 = one per core, at most 8 (docs/benchmarks.md: on 2 cores, 8 Reddy members train 1.37x the member-steps/s
     # of one). Applies when a process first uses JAX (iclwl.sharding.use_cpu_devices)
     cpu_devices: int = 0
+    # JAX's persistent compilation cache (iclwl/compile_cache.py): 'auto' = $JAX_COMPILATION_CACHE_DIR or
+    # ~/.cache/iclwl/jax, 'off', or a directory. A second run of the same programs loads them instead of compiling
+    compile_cache: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -362,6 +365,7 @@ def validate_config(cfg: Config) -> Config:
     _need(t.max_members >= 0, "train.max_members", t.max_members, "must be >= 0 (0 = as many as fit)")
     _need(0 < t.memory_fraction <= 1, "train.memory_fraction", t.memory_fraction, "must be in (0, 1]")
     _need(t.cpu_devices >= 0, "train.cpu_devices", t.cpu_devices, "must be >= 0 (0 = one per core, at most 8)")
+    _need(bool(t.compile_cache.strip()), "train.compile_cache", t.compile_cache, "must be 'auto', 'off' or a directory")
     _need(not t.context_loss or m.tokens == "interleaved", "train.context_loss", t.context_loss,
           "needs model.tokens=interleaved (a concat token already shows its label)")  # fmt: skip
     c = cfg.checkpoint

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from data_gen import ConfigError, TaskStatic
 from iclwl import analysis
 from iclwl.checkpoints import CheckpointError, Checkpoints, checkpoint_steps, resume_conflicts
+from iclwl.compile_cache import use_compile_cache
 from iclwl.config import Config, member_config, members, static_knobs
 from iclwl.groups import check_universes_fit, fit_groups
 from iclwl.plots import plot_settings
@@ -67,6 +68,7 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
 
 def _run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     use_cpu_devices(cfg.train.cpu_devices)  # before JAX runs anything
+    use_compile_cache(cfg.train.compile_cache)
     job = Job.build(cfg, out_dir)
     t = job.restore()
     job.open_record(t)

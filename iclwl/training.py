@@ -126,7 +126,7 @@ class Program:
         platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
         loop = cfg.train.member_loop if cfg.train.member_loop != "auto" else "map" if platform == "cpu" else "vmap"
         train = dataclasses.replace(cfg.train, seeds=(), resume=None, max_members=0, memory_fraction=1.0,
-                                    member_loop=loop, cpu_devices=0)  # fmt: skip
+                                    member_loop=loop, cpu_devices=0, compile_cache="")  # fmt: skip
         return cls(st, cfg.model, optim, train, cfg.probes, mesh if mesh is not None and mesh.size > 1 else None)
 
 

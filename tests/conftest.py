@@ -12,9 +12,9 @@ os.environ["WANDB_MODE"] = "disabled"
 # would otherwise split the host one device per core (train.cpu_devices), and how many depends on the machine.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 # Tests that run train.py several times with one config (kill and resume, sharded vs not) would compile the same
-# programs in every process: JAX's persistent compilation cache, in a directory of this session, shares them.
+# programs in every process: JAX's persistent compilation cache, in a directory of this session, shares them
+# (train.compile_cache=auto reads this variable; it caches every program, however fast it compiled).
 CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="iclwl-test-jax-cache-"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 
 def pytest_addoption(parser):
