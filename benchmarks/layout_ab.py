@@ -1,22 +1,31 @@
-"""Same-process A/B of where members run: ensemble sizes on one device or split over the host's CPU devices.
+"""Same-process A/B of where members run: the automatic placement against fixed layouts.
 
 This host's speed drifts by ±20% from one 100-step call to the next, more between processes, so two layouts timed
 in separate runs cannot be told apart below about 20%. Here every variant is built in one process (split into
 ``--cpu-devices`` JAX devices) and their timed calls alternate, round after round; the script prints each variant's
-median member-steps/s and the median over rounds of its ratio to the first variant, which a drift reaches alike.
+median member-steps/s and the median over rounds of its ratio to the first variant of its ensemble size, which a
+drift reaches alike.
 
-    python benchmarks/layout_ab.py --settings reddy2023 --variants 1x1 1x2 8x1 8x2 --rounds 7
+    python benchmarks/layout_ab.py --settings chan2024 default reddy2023 --members 1 9 16   # auto vs every layout
+    python benchmarks/layout_ab.py --settings chan2024 --variants 9:auto 9x1:map 9x1:vmap 9x2:vmap
 
-A variant ``MxN`` is M members on the first N devices, placed as ``train.py`` places them (``iclwl.sharding.Layout``:
-members split over the devices, a member's batch too when members are fewer). ``1x1`` is one member on one device;
-with ``--cpu-devices 1`` a process has a single device that uses every core, which is what ``train.cpu_devices=1``
-runs; ``1x1`` in a process of several devices is one of them (the cores are still shared by their threads).
+Variants:
+- ``M:auto``: M members placed as ``train.py`` places them by default (``iclwl.sharding.place``);
+- ``MxN:loop``: M members over the first N devices (padded to a multiple of N), the members of a device run by
+  ``loop`` (``map`` or ``vmap``), batches not split (``train.split_batch=false``);
+- ``MxN:loop:batch``: the same with ``train.split_batch=true``: when members are fewer than devices, each member's
+  batch is split over them.
+Without ``--variants``, each ensemble size of ``--members`` gets ``auto`` and every fixed layout. ``1x1`` in a
+process of several devices is one of them (the cores are still shared by their threads); ``--cpu-devices 1`` gives
+a process with one device that uses every core, which is what ``train.cpu_devices=1`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
+from typing import NamedTuple
 
 import jax
 from train_throughput import SETTINGS, LibraryRun
@@ -24,46 +33,94 @@ from train_throughput import SETTINGS, LibraryRun
 from iclwl.sharding import use_cpu_devices
 
 
-def variant(text: str) -> tuple[int, int]:
+class Variant(NamedTuple):
+    members: int
+    devices: int | None  # None: all, placed automatically
+    loop: str
+    split_batch: bool | None
+
+    @property
+    def name(self) -> str:
+        if self.devices is None:
+            return f"{self.members}:auto"
+        return f"{self.members}x{self.devices}:{self.loop}" + (":batch" if self.split_batch else "")
+
+
+def variant(text: str) -> Variant:
+    parts = text.split(":")
     try:
-        members, devices = (int(part) for part in text.split("x"))
+        if len(parts) == 2 and parts[1] == "auto":
+            return _checked(Variant(int(parts[0]), None, "auto", None), text)
+        members, devices = (int(x) for x in parts[0].split("x"))
+        if len(parts) in (2, 3) and parts[1] in ("map", "vmap") and parts[2:] in ([], ["batch"]):
+            return _checked(Variant(members, devices, parts[1], len(parts) == 3), text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"variant {text!r}: expected MxN, e.g. 8x2") from None
-    if members < 1 or devices < 1:
+        pass
+    raise argparse.ArgumentTypeError(f"variant {text!r}: expected M:auto, MxN:map, MxN:vmap or MxN:vmap:batch")
+
+
+def _checked(v: Variant, text: str) -> Variant:
+    if v.members < 1 or (v.devices is not None and v.devices < 1):
         raise argparse.ArgumentTypeError(f"variant {text!r}: M and N must be >= 1")
-    return members, devices
+    return v
+
+
+def grid(members: list[int], n_devices: int) -> list[Variant]:
+    """For each M: auto, then every fixed layout (1 and all devices, map and vmap, batch split where M < N)."""
+    out = []
+    for M in members:
+        out.append(Variant(M, None, "auto", None))
+        for N in sorted({1, n_devices}):
+            for loop in ("map", "vmap"):
+                if M >= N or N == 1:  # fewer members than devices, batches whole: the layout of M devices
+                    out.append(Variant(M, N, loop, False))
+                if M < N:
+                    out.append(Variant(M, N, loop, True))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--settings", nargs="+", default=["reddy2023"], choices=list(SETTINGS))
-    ap.add_argument("--variants", nargs="+", type=variant, default=[(1, 1), (1, 2), (8, 1), (8, 2)],
-                    help="MxN: M members on N devices; ratios are to the first")  # fmt: skip
-    ap.add_argument("--rounds", type=int, default=7, help="timed calls of each variant, alternating")
-    ap.add_argument("--chunk", type=int, default=100, help="steps per timed call")
+    ap.add_argument("--settings", nargs="+", default=["chan2024"], choices=list(SETTINGS))
+    ap.add_argument("--members", nargs="+", type=int, default=[1, 9], help="ensemble sizes (without --variants)")
+    ap.add_argument("--variants", nargs="+", type=variant, help="instead of every layout of --members")
+    ap.add_argument("--rounds", type=int, default=5, help="timed calls of each variant, alternating")
+    ap.add_argument("--member-steps", type=int, default=800,
+                    help="member-steps per timed call (steps = this / M, at least 10)")  # fmt: skip
     ap.add_argument("--cpu-devices", type=int, default=0, help="JAX devices of this process (0: one per core)")
     args = ap.parse_args()
     use_cpu_devices(args.cpu_devices)
     devices = jax.local_devices()
-    for M, N in args.variants:
-        if N > len(devices):
-            ap.error(f"variant {M}x{N}: this process has {len(devices)} device(s) (--cpu-devices)")
+    variants = args.variants or grid(args.members, len(devices))
+    for v in variants:
+        if v.devices is not None and v.devices > len(devices):
+            ap.error(f"variant {v.name}: this process has {len(devices)} device(s) (--cpu-devices)")
 
-    print(f"{len(devices)} {devices[0].platform} device(s); {args.rounds} alternating rounds of {args.chunk} steps")
+    print(f"{len(devices)} {devices[0].platform} device(s); {args.rounds} alternating rounds of about "
+          f"{args.member_steps} member-steps a call")  # fmt: skip
     print()
-    print("| setting | M | devices | placement | member-steps/s (median) | vs first (median of rounds) |")
-    print("|---|---|---|---|---|---|")
+    print("| setting | variant | placement | member-steps/s (median) | vs first of its M (median of rounds) |")
+    print("|---|---|---|---|---|")
     for name in args.settings:
-        runs = [LibraryRun(SETTINGS[name], M, devices[:N]) for M, N in args.variants]
-        for run in runs:
-            run.call(args.chunk)  # compiles
+        cfg = SETTINGS[name]
+        runs = []
+        for v in variants:
+            train = dataclasses.replace(cfg.train, member_loop=v.loop, split_batch=v.split_batch)
+            use = None if v.devices is None else devices[: v.devices]
+            runs.append(LibraryRun(dataclasses.replace(cfg, train=train), v.members, use))
+        steps = [max(10, args.member_steps // v.members) for v in variants]
+        for run, n in zip(runs, steps, strict=True):
+            run.call(n)  # compiles
         rates = [[] for _ in runs]
         for _ in range(args.rounds):
-            for r, run in zip(rates, runs, strict=True):
-                r.append(run.members * args.chunk / run.call(args.chunk))
-        for (M, N), run, r in zip(args.variants, runs, rates, strict=True):
-            ratio = statistics.median(a / b for a, b in zip(r, rates[0], strict=True))
-            print(f"| {name} | {M} | {N} | {run.where} | {statistics.median(r):.1f} | {ratio:.3f}× |", flush=True)
+            for r, run, n in zip(rates, runs, steps, strict=True):
+                r.append(run.members * n / run.call(n))
+        first = {}
+        for v, r in zip(variants, rates, strict=True):
+            first.setdefault(v.members, r)
+        for v, run, r in zip(variants, runs, rates, strict=True):
+            ratio = statistics.median(a / b for a, b in zip(r, first[v.members], strict=True))
+            print(f"| {name} | {v.name} | {run.where} | {statistics.median(r):.1f} | {ratio:.3f}× |", flush=True)
 
 
 if __name__ == "__main__":

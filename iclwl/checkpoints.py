@@ -8,6 +8,11 @@ step's files, written right after the commit, finds a truncated or damaged file 
 without its digest (the process stopped between the commit and the digest) is unverified and never used.
 Nothing is unpickled.
 
+A save does not stall training: the state is copied to the host and checked there, then Orbax writes it in the
+background (its asynchronous saving) and a thread of ours writes the digest as soon as Orbax has committed the
+step. The next save, ``wait`` and ``close`` first wait for that, so at most one save is in flight, and a write
+that failed in the background ends the run there with a ``RunIOError``.
+
 A checkpoint that cannot be read or verified (truncated, corrupt, no digest) is moved aside to
 ``checkpoints_unreadable/`` with a warning and the previous one is used; with none left the run stops with one
 line saying so. A failed write (disk full, read-only, permission) raises ``RunIOError``, leaving the older
@@ -21,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -72,33 +78,49 @@ class Checkpoints:
         self.directory = directory.absolute()
         keep = [policies.LatestN(cfg.keep)] + ([policies.CustomSteps(sorted(forever))] if forever else [])
         options = ocp.CheckpointManagerOptions(
-            enable_async_checkpointing=False,  # a save is complete before training goes on
+            enable_async_checkpointing=True,  # written in the background; ``_commit`` waits for it
             preservation_policy=policies.AnyPreservationPolicy(keep),
             cleanup_tmp_directories=True,  # half-written steps of a killed run
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        self._pending: threading.Thread | None = None  # the save in flight: waits for Orbax, writes the digest
+        self._failed: RunIOError | None = None
 
     def save(self, step: int, tree: Any, meta: dict[str, Any]) -> None:
+        """Start saving ``tree`` as step ``step``; returns once it is on the host and checked (``wait``: done)."""
         # Host copies first: the check and Orbax's writers then run nothing on the devices (iclwl/sharding.py says
         # why eager reductions over sharded arrays are avoided).
         tree = jax.device_get(tree)
         if not _learned_finite(tree["state"]):  # the step guards this already; never overwrite good with bad
             raise CheckpointError(f"checkpoint at step {step}: the parameters or optimizer state hold non-finite "
                                   "values; not written")  # fmt: skip
+        self.wait()
         args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave({**meta, "step": step}))
-        step_dir = self.directory / str(step)
         try:
             self.manager.save(step, args=args, force=True)
+        except Exception as e:
+            raise _write_error(e, self.directory / str(step), step) from None
+        self._pending = threading.Thread(target=self._commit, args=(step,), name=f"checkpoint-{step}", daemon=True)
+        self._pending.start()
+
+    def _commit(self, step: int) -> None:
+        step_dir = self.directory / str(step)
+        try:
             self.manager.wait_until_finished()
             tmp = step_dir / (DIGEST + ".tmp")
             tmp.write_text(json.dumps(_digest(step_dir), indent=1))
             os.replace(tmp, step_dir / DIGEST)  # a digest is whole or absent
-        except OSError as e:
-            raise RunIOError(f"{e.filename or step_dir}: {e.strerror or e}; checkpoint at step {step} not "
-                             "written") from None  # fmt: skip
-        except Exception as e:  # Orbax's and TensorStore's writers report a full disk in their own types
-            cause = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise RunIOError(f"{step_dir}: {cause}; checkpoint at step {step} not written") from None
+        except Exception as e:
+            self._failed = _write_error(e, step_dir, step)
+
+    def wait(self) -> None:
+        """Until the save in flight is committed and verified; raises its ``RunIOError`` if it failed."""
+        if self._pending is not None:
+            self._pending.join()
+            self._pending = None
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            raise failed
 
     def restore_latest(self, like: Any, check: Callable[[dict[str, Any]], None]) -> Restored | None:
         """The newest readable checkpoint (``like``: abstract tree of the state), or None if there is none.
@@ -139,10 +161,21 @@ class Checkpoints:
         self.manager.reload()
 
     def close(self) -> None:
+        """Wait for the save in flight and release Orbax's resources. Never raises: a run that ends by an error
+        keeps that error (call ``wait`` first to learn whether the last save succeeded)."""
         try:
+            self.wait()
             self.manager.close()
         except Exception as e:  # closing after a failed write must not hide why the run ended
             warnings.warn(f"closing the checkpoints in {self.directory}: {e}", stacklevel=2)
+
+
+def _write_error(e: Exception, step_dir: Path, step: int) -> RunIOError:
+    if isinstance(e, OSError):
+        return RunIOError(f"{e.filename or step_dir}: {e.strerror or e}; checkpoint at step {step} not written")
+    # Orbax's and TensorStore's writers report a full disk in their own types
+    cause = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    return RunIOError(f"{step_dir}: {cause}; checkpoint at step {step} not written")
 
 
 def _learned_finite(state: Any) -> bool:

@@ -78,13 +78,15 @@ class TrainConfig:
     resume: str | None = None  # a run directory to continue (a run also continues in its own directory)
     max_members: int = 0  # members per compiled program; 0 = as many as fit (measured), the rest in more groups
     memory_fraction: float = 0.9  # of the devices' free memory that one group's programs may use
-    # members sharing a device: 'vmap' batches them (accelerators), 'map' runs them one after another; 'auto' is
-    # 'map' on CPU, where it was faster for the Reddy model and slightly slower for the default one
-    # (docs/benchmarks.md)
+    # members sharing a device: 'vmap' batches them, 'map' runs them one after another; 'auto' is 'vmap' on
+    # accelerators and, on CPU, 'vmap' for models whose step is small and 'map' for larger ones (iclwl.sharding.place)
     member_loop: Literal["auto", "vmap", "map"] = "auto"
+    # split one member's batch over devices when members are fewer than devices; null = auto: on accelerators yes,
+    # on CPU only for large steps (where it pays; for small ones it halved the speed)
+    split_batch: bool | None = None
     # CPU only: split the host into this many JAX devices, so members (or one member's batch) get a core each;
-    # 0 = one per core, at most 8 (docs/benchmarks.md: on 2 cores, 8 Reddy members train 1.37x the member-steps/s
-    # of one). Applies when a process first uses JAX (iclwl.sharding.use_cpu_devices)
+    # 0 = one per core, at most 8 (docs/benchmarks.md: on 2 cores, 8 members train 1.7x the member-steps/s of 8 on
+    # one device). Applies when a process first uses JAX (iclwl.sharding.use_cpu_devices)
     cpu_devices: int = 0
     # JAX's persistent compilation cache (iclwl/compile_cache.py): 'auto' = $JAX_COMPILATION_CACHE_DIR or
     # ~/.cache/iclwl/jax, 'off', or a directory. A second run of the same programs loads them instead of compiling

@@ -13,6 +13,7 @@ says so.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 from data_gen import ConfigError, TaskStatic, Universe
 from data_gen.universe import universe_bytes
 from iclwl.config import Config, member_data_seeds
-from iclwl.sharding import Layout
+from iclwl.sharding import place
 from iclwl.training import Health, MemberInputs, Meter, Program, TrainState, compiled, zero_meter
 
 GiB = 2**30
@@ -34,14 +35,17 @@ class Groups:
     """The whole ensemble of ``cfg`` in groups of ``size`` members, each group's state on the devices."""
 
     def __init__(self, cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array, mem: MemberInputs,
-                 size: int, devices: list | None = None):  # fmt: skip
-        self.M, self.size = len(init_keys), size
-        self.count = math.ceil(self.M / size)
-        self.layout = Layout.for_members(size, cfg.train.batch_size, devices)
-        self.ens = compiled(Program.of(cfg, st, self.layout.mesh))
+                 size: int, devices: list | None = None, step_flops: float | None = None):  # fmt: skip
+        t = cfg.train
+        self.placement = place(size, t.batch_size, step_flops, t.member_loop, t.split_batch, devices)
+        self.M, self.size, self.layout = len(init_keys), self.placement.size, self.placement.layout
+        self.count = math.ceil(self.M / self.size)
+        loop = dataclasses.replace(t, member_loop=self.placement.loop)
+        self.ens = compiled(Program.of(dataclasses.replace(cfg, train=loop), st, self.layout.mesh))
         self.uni = self.layout.put_replicated(uni)
         # member indices of each group; the last group repeats its last member to keep the size
-        self.index = [np.minimum(np.arange(g * size, (g + 1) * size), self.M - 1) for g in range(self.count)]
+        self.index = [np.minimum(np.arange(g * self.size, (g + 1) * self.size), self.M - 1)
+                      for g in range(self.count)]  # fmt: skip
         self.mems = [self.layout.put_members(_take(mem, i)) for i in self.index]
         self.states = [self.ens.init(self.layout.put_members(init_keys[i])) for i in self.index]
 
@@ -79,10 +83,10 @@ class Groups:
         self.states = [s._replace(meter=self.layout.put_members(zero_meter(self.size))) for s in self.states]
 
     def describe(self) -> str:
-        where = self.layout.describe() if self.layout.mesh.size > 1 else "one device"
         if self.count == 1:
-            return f"{self.M} member(s) in one program on {where}"
-        return f"{self.M} members as {self.count} consecutive groups of {self.size} on {where}"
+            return f"placement: {self.placement.describe(self.M)}"
+        return (f"placement: {self.M} members as {self.count} consecutive groups of {self.size}, each "
+                f"{self.placement.describe(self.size)}")  # fmt: skip
 
     def bytes_needed(self, chunk_steps: int) -> int | None:
         """Bytes per device of the larger of the training chunk and the evaluation, as XLA compiled them
@@ -99,6 +103,10 @@ class Groups:
                          + stats.temp_size_in_bytes)  # fmt: skip
         self.evaluation_dominates = sizes[1] > sizes[0]  # which setting a refusal names
         return max(sizes)
+
+
+def _cpu(devices: list | None) -> bool:
+    return (devices or jax.local_devices())[0].platform == "cpu"
 
 
 def _take(tree: Any, index: np.ndarray) -> Any:
@@ -150,22 +158,23 @@ def fit_groups(cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array,
     """
     M = len(init_keys)
     size, whole = min(cfg.train.max_members or M, M), None
+    flops = compiled(Program.of(cfg, st)).step_flops(uni, mem) if _cpu(devices) else None
     while True:
         size = math.ceil(M / math.ceil(M / size))  # balanced groups: least padding for this many groups
-        groups = Groups(cfg, st, uni, init_keys, mem, size, devices)
+        groups = Groups(cfg, st, uni, init_keys, mem, size, devices, flops)
         if cfg.train.max_members:
             return groups
         need = groups.bytes_needed(cfg.train.chunk_steps)
         have = free if free is not None else free_bytes(groups.layout.mesh.devices.flat[0])
         if need is None or have is None:
             return groups
-        whole = whole or need * M / size
+        whole = whole or need * M / groups.size
         budget = int(have * cfg.train.memory_fraction)
         if need <= budget:
-            if size < M:
+            if groups.count > 1:
                 print(f"{M} members in one program would need about {whole / GiB:.2f} GiB per device (XLA's "
                       f"figure), more than {budget / GiB:.2f} GiB ({cfg.train.memory_fraction:g} of the free "
-                      f"memory): running them as {groups.count} consecutive groups of {size}")  # fmt: skip
+                      f"memory): running them as {groups.count} consecutive groups of {groups.size}")  # fmt: skip
             return groups
         if size == 1:
             field, value, what = (("probes.n_eval", cfg.probes.n_eval, "the evaluation of its probe sets")

@@ -125,8 +125,7 @@ class Job:
         if restored is not None and not np.array_equal(restored.tree["data_keys"], self.fresh["data_keys"]):
             raise CheckpointError(f"checkpoint at step {restored.step}: its data keys are not this run's seeds'")
         self.ens = fit_groups(self.cfg, self.st, shared_universe(self.cfg, self.st), *self.inputs)
-        if self.ens.count > 1 or self.ens.layout.mesh.size > 1:
-            print(self.ens.describe())
+        print(self.ens.describe())
         if restored is None:
             if self.metrics_path.exists():  # a run directory's own rows, of an earlier start without a checkpoint
                 self.metrics_path.unlink()
@@ -162,10 +161,13 @@ class Job:
             self.metrics.write(rows)  # the record; W&B only mirrors it
         self.sink.write(rows)
 
-    def save(self, step: int) -> None:
+    def save(self, step: int, wait: bool = False) -> None:
+        """Start a checkpoint of step ``step`` (written in the background); ``wait``: until it is written."""
         if self.ckpts is not None:
             meta = {"config": dataclasses.asdict(self.cfg), "members": self.coords, "provenance": self.origin}
             self.ckpts.save(step, {**self.fresh, "state": self.ens.state()}, meta)
+            if wait:
+                self.ckpts.wait()
 
     def train(self, t: int) -> int:
         """Chunks from step t to the end, with the evaluations and saves on the way; returns the last step.
@@ -188,10 +190,10 @@ class Job:
                         t = end
                         alive, dead = _report_failures(alive, health, self.coords)
                         if dead:  # the members keep their last good states: save them, then stop
-                            self.save(t)
+                            self.save(t, wait=True)
                             raise NonFiniteLoss(_all_stopped(health, t if self.ckpts is not None else None))
                         if stop.signum is not None and t < target:  # at the target: evaluate first
-                            self.save(t)
+                            self.save(t, wait=True)
                             raise Preempted(stop.signum, t)
                     if target in self.evals:
                         probes, meter = ens.evaluate(), ens.meter()
@@ -200,9 +202,11 @@ class Job:
                         ens.reset_meters()
                         bar.set_postfix(_postfix(meter, probes, self.names), refresh=False)
                     if target in self.saves or stop.signum is not None:
-                        self.save(t)
+                        self.save(t, wait=stop.signum is not None)
                     if stop.signum is not None:
                         raise Preempted(stop.signum, t)
+            if self.ckpts is not None:
+                self.ckpts.wait()  # the last checkpoint is written before the run reports success
         finally:
             bar.close()
             self.metrics.close()

@@ -57,6 +57,65 @@ class Layout:
         return f"{g * b} device(s): members split {g} way(s), each member's batch {b} way(s)"
 
 
+# On CPU devices, how big one member's training step is (FLOPs of its forward and backward pass, XLA's count)
+# decides how members are placed (``place``); measured on 2 cores (docs/benchmarks.md, benchmarks/layout_ab.py):
+# - splitting one member's batch over devices gave 0.44x for the Chan 2024 model (0.04 GFLOP a step), 0.98x for
+#   the default one (0.38 GFLOP) and 1.04x for Reddy's (0.37 GFLOP): batches are split only from SPLIT_BATCH_FLOPS;
+# - members sharing a device ran 1.6x faster batched by vmap than one after another for the Chan 2024 model, and
+#   0.87-0.89x as fast for the other two: vmap below SMALL_STEP_FLOPS, map above.
+SMALL_STEP_FLOPS = 1e8
+SPLIT_BATCH_FLOPS = 1e9
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one program's members run: the layout, the members it holds (padding with copies of the last member
+    included, so that every device gets as many) and how the members of a device are looped over."""
+
+    layout: Layout
+    size: int
+    loop: str  # 'vmap' or 'map'
+    why: str  # what decided it, for the line the run prints
+
+    def describe(self, members: int) -> str:
+        where = self.layout.describe() if self.layout.mesh.size > 1 else "1 device"
+        k = self.size - members
+        pad = f" (and {k} cop{'y' if k == 1 else 'ies'} of the last as padding)" if k else ""
+        how = "batched by vmap" if self.loop == "vmap" else "one after another (map)"
+        return f"{members} member(s){pad} on {where}; members of a device {how} ({self.why})"
+
+
+def place(M: int, batch_size: int, step_flops: float | None, member_loop: str = "auto",
+          split_batch: bool | None = None, devices: list | None = None) -> Placement:  # fmt: skip
+    """The placement of M members (``train.member_loop``, ``train.split_batch``: 'auto' / None are decided here).
+
+    Accelerators: members split over the devices, each member's batch too when members are fewer
+    (``Layout.for_members``), members of a device batched by vmap. CPU devices: by the size of a member's step
+    (``step_flops``; None: unknown, taken as large): members over as many devices as there are members (padded to a
+    multiple of them), a member's batch split only for large steps, vmap for small steps and map otherwise.
+    """
+    devices = list(devices or jax.local_devices())
+    if devices[0].platform != "cpu":
+        loop = "vmap" if member_loop == "auto" else member_loop
+        split = True if split_batch is None else split_batch
+        return Placement(_layout(M, batch_size, devices, split), M, loop, "accelerator devices")
+    known = step_flops is not None
+    small, large = known and step_flops < SMALL_STEP_FLOPS, not known or step_flops >= SPLIT_BATCH_FLOPS
+    loop = ("vmap" if small else "map") if member_loop == "auto" else member_loop
+    split = large if split_batch is None else split_batch
+    layout = _layout(M, batch_size, devices, split)
+    size = M if split else layout.mesh.shape["members"] * math.ceil(M / layout.mesh.shape["members"])
+    why = f"a member's step: {step_flops / 1e9:.2g} GFLOP" if known else "a member's step: size unknown"
+    return Placement(layout, size, loop, why)
+
+
+def _layout(M: int, batch_size: int, devices: list, split_batch: bool) -> Layout:
+    if split_batch:
+        return Layout.for_members(M, batch_size, devices)
+    g = min(M, len(devices))  # members one program pads to a multiple of g
+    return Layout(Mesh(np.array(devices[:g]).reshape(g, 1), ("members", "batch")))
+
+
 MAX_AUTO_CPU_DEVICES = 8
 
 

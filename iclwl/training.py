@@ -126,7 +126,7 @@ class Program:
         platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
         loop = cfg.train.member_loop if cfg.train.member_loop != "auto" else "map" if platform == "cpu" else "vmap"
         train = dataclasses.replace(cfg.train, seeds=(), resume=None, max_members=0, memory_fraction=1.0,
-                                    member_loop=loop, cpu_devices=0, compile_cache="")  # fmt: skip
+                                    member_loop=loop, split_batch=None, cpu_devices=0, compile_cache="")  # fmt: skip
         return cls(st, cfg.model, optim, train, cfg.probes, mesh if mesh is not None and mesh.size > 1 else None)
 
 
@@ -210,6 +210,20 @@ class Ensemble:
         self.init = jax.jit(jax.vmap(self._init_member), out_shardings=init_out)
         self.evaluate = jax.jit(jax.vmap(self._evaluate_member, in_axes=(None, 0, 0)))
         self.chunk = jax.jit(self._chunk, static_argnames="n", donate_argnums=1, out_shardings=chunk_out)
+
+    def step_flops(self, uni: Universe | None, mem: MemberInputs) -> float | None:
+        """FLOPs of one member's training step (its batch, forward and backward), as XLA counts the traced
+        program: nothing is compiled. None where the backend does not count."""
+        one = jax.tree.map(lambda x: x[0], mem)
+        uni = one.universe if one.universe is not None else uni
+        params = nnx.state(nnx.eval_shape(lambda: self.make_model(jax.random.key(0))), nnx.Param)
+        grad = jax.jit(jax.grad(self._loss, has_aux=True))
+        try:
+            cost = grad.lower(params, uni, one.task, one.data_key).cost_analysis()
+        except NotImplementedError:
+            return None
+        cost = cost[0] if isinstance(cost, list) and cost else cost
+        return float(cost["flops"]) if cost and cost.get("flops", -1) > 0 else None
 
     # ---- one member
     def _init_member(self, key: jax.Array) -> TrainState:

@@ -233,18 +233,30 @@ def _checkpoints(run_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
 
 
+def _saving(run_dir: Path) -> bool:
+    """Whether a checkpoint is being written (Orbax's temporary directory of a step exists)."""
+    d = run_dir / "checkpoints"
+    return d.exists() and any(".orbax-checkpoint-tmp" in p.name for p in d.iterdir())
+
+
 def test_sigkill_three_times_then_resume_equals_uninterrupted_and_sigterm_saves(tmp_path):
+    """The first kill lands while a checkpoint is being written in the background, the others at random times
+    after a new checkpoint; a SIGTERM saves and stops; the rerun equals the uninterrupted run."""
     ref = _train([*ARGS, "hydra.run.dir=ref"], tmp_path)
     assert ref.wait(timeout=600) == 0, ref.stderr.read()[-2000:]
     rng = random.Random(0)
     run_dir = tmp_path / "run"
-    for kill in (signal.SIGKILL, signal.SIGKILL, signal.SIGKILL, signal.SIGTERM):
+    for i, kill in enumerate((signal.SIGKILL, signal.SIGKILL, signal.SIGKILL, signal.SIGTERM)):
         before = _checkpoints(run_dir)
         proc = _train([*ARGS, "hydra.run.dir=run"], tmp_path)
         deadline = time.time() + 300
-        while _checkpoints(run_dir) == before and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)  # until this process has saved something new
-        time.sleep(rng.uniform(0.0, 1.0))
+        if i == 0:  # during a save: after one checkpoint is complete, while a later one is written
+            while not (_checkpoints(run_dir) and _saving(run_dir)) and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.002)
+        else:
+            while _checkpoints(run_dir) == before and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.05)  # until this process has saved something new
+            time.sleep(rng.uniform(0.0, 1.0))
         proc.send_signal(kill)
         code = proc.wait(timeout=120)
         if kill == signal.SIGTERM and code != 0:  # 0: it finished before the signal came

@@ -190,6 +190,31 @@ def test_disk_full_while_checkpointing_is_one_line_and_a_rerun_resumes_exactly(r
     assert_same_run(ref, tmp_path, cfg)
 
 
+def test_a_save_that_fails_in_the_background_ends_the_run_and_a_rerun_resumes_exactly(reference, tmp_path,
+                                                                                        monkeypatch):  # fmt: skip
+    """Checkpoints are written in the background: the second one fails after training went on (here: while its
+    digest is written). The run ends at its next save with one line naming that checkpoint; the first one stays
+    good, and the rerun resumes from it exactly."""
+    cfg, ref = reference
+    real_digest, calls = checkpoints_module._digest, []
+
+    def failing_digest(step_dir):
+        calls.append(step_dir.name)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(step_dir / "state"))
+        return real_digest(step_dir)
+
+    monkeypatch.setattr(checkpoints_module, "_digest", failing_digest)
+    with pytest.raises(RunIOError) as e:
+        run(cfg, tmp_path)
+    assert f"checkpoint at step {calls[1]} not written" in str(e.value) and "No space left" in str(e.value)
+    assert "\n" not in str(e.value)
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match=f"checkpoint at step {calls[1]} is unreadable .*no digest"):
+        run(cfg, tmp_path)
+    assert_same_run(ref, tmp_path, cfg)
+
+
 def test_a_failed_metrics_write_is_one_line_and_a_rerun_resumes_exactly(reference, tmp_path, monkeypatch):
     cfg, ref = reference
     real_write, calls = MetricsFile.write, []

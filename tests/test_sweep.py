@@ -11,9 +11,11 @@ import jax
 import numpy as np
 from test_training import tiny, train
 
-from data_gen import ConfigError
+from data_gen import ConfigError, make_universe
 from iclwl.config import OptimConfig, SweepConfig, members, validate_config
-from iclwl.sharding import Layout
+from iclwl.run import ensemble_static
+from iclwl.sharding import Layout, place
+from iclwl.training import Ensemble, Program, member_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +54,48 @@ def test_layout_splits_members_then_batch():
     assert Layout.for_members(1, 6, devices).mesh.shape == {"members": 1, "batch": 2}
 
 
+class FakeDevice:
+    def __init__(self, i: int, platform: str):
+        self.id, self.platform = i, platform
+
+    def __repr__(self) -> str:
+        return f"{self.platform}:{self.id}"
+
+
+def test_placement_follows_the_step_size_on_cpu_and_splits_everything_on_accelerators():
+    cpu = [FakeDevice(i, "cpu") for i in range(2)]
+    small, mid, large = 4e7, 4e8, 2e9
+    p = place(9, 32, small, devices=cpu)  # small steps: members over both devices, padded to 10, vmap
+    assert (p.size, p.layout.mesh.shape, p.loop) == (10, {"members": 2, "batch": 1}, "vmap")
+    assert "(and 1 copy of the last as padding)" in p.describe(9) and "0.04 GFLOP" in p.describe(9)
+    p = place(1, 32, small, devices=cpu)  # one small member: one device, its batch whole
+    assert (p.size, p.layout.mesh.shape, p.loop) == (1, {"members": 1, "batch": 1}, "vmap")
+    p = place(8, 64, mid, devices=cpu)
+    assert (p.size, p.layout.mesh.shape, p.loop) == (8, {"members": 2, "batch": 1}, "map")
+    p = place(1, 64, large, devices=cpu)  # a large step: its batch is split
+    assert (p.size, p.layout.mesh.shape, p.loop) == (1, {"members": 1, "batch": 2}, "map")
+    p = place(1, 64, None, devices=cpu)  # size unknown: taken as large
+    assert (p.layout.mesh.shape, p.loop) == ({"members": 1, "batch": 2}, "map")
+    # the settings decide where given
+    p = place(1, 64, small, member_loop="map", split_batch=True, devices=cpu)
+    assert (p.layout.mesh.shape, p.loop) == ({"members": 1, "batch": 2}, "map")
+    p = place(3, 64, large, member_loop="vmap", split_batch=False, devices=cpu)
+    assert (p.size, p.layout.mesh.shape, p.loop) == (4, {"members": 2, "batch": 1}, "vmap")
+    gpus = [FakeDevice(i, "gpu") for i in range(8)]
+    p = place(2, 64, small, devices=gpus)
+    assert (p.size, p.layout.mesh.shape, p.loop) == (2, {"members": 2, "batch": 4}, "vmap")
+
+
+def test_step_flops_count_the_batch():
+    base = tiny()
+    flops = []
+    for B in (16, 32):
+        cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, batch_size=B))
+        st = ensemble_static(cfg)
+        flops.append(Ensemble(Program.of(cfg, st)).step_flops(make_universe(st), member_inputs(cfg)[1]))
+    assert flops[0] > 0 and 1.9 < flops[1] / flops[0] < 2.1
+
+
 ARGS = ["experiment=none", "task.n_classes=72", "task.n_holdout=8", "task.D=8", "model.d_model=16",
         "train.steps=40", "train.chunk_steps=10", "probes.n_eval=32", "probes.n_log=2",
         "probes.mechanisms=false", "probes.names=[icl_novel,iwl_no_support]", "logging.progress=false",
@@ -73,7 +117,9 @@ def _run(tmp: Path, name: str, devices: int | None, *extra: str) -> list[dict]:
 def test_members_split_over_8_host_devices_equal_one_device(tmp_path):
     """Fewer members than devices: 2 members on 8 host devices, each member's batch split 4 ways, give the numbers
     of one device. (Members one to a device are checked on 2 devices below.)"""
-    one, few = _run(tmp_path, "one", 1, "train.seeds=[0,1]"), _run(tmp_path, "few", 8, "train.seeds=[0,1]")
+    one = _run(tmp_path, "one", 1, "train.seeds=[0,1]")
+    few = _run(tmp_path, "few", 8, "train.seeds=[0,1]", "train.split_batch=true")
+    assert "members split 2 way(s), each member's batch 4 way(s)" in (tmp_path / "few" / "stdout.txt").read_text()
     assert len(one) == len(few) and {r["seed"] for r in few} == {0, 1}
     for x, y in zip(one, few, strict=True):
         assert (x["step"], x["probe"], x["seed"]) == (y["step"], y["probe"], y["seed"])
@@ -81,25 +127,26 @@ def test_members_split_over_8_host_devices_equal_one_device(tmp_path):
 
 
 def test_cpu_devices_splits_the_host_saves_resumes_and_gives_the_same_numbers(tmp_path):
-    """train.cpu_devices=2 makes two CPU devices (the two members, one on each), the run says so, and its programs
-    compile once (a state laid out otherwise than the chunk's output would compile the chunk again). With
-    checkpoints on it saves at every evaluation without stalling (it once stopped in an all-reduce at its second
-    save), a resume on two devices goes on from step 20, and the numbers are those of one device; members batched
-    by vmap give the numbers of members run one after another too."""
-    args = ("train.seeds=[0,1]", "probes.every=10")
+    """train.cpu_devices=2 makes two CPU devices (three members padded to four, two on each), the run says so, and
+    its programs compile once (a state laid out otherwise than the chunk's output would compile the chunk again).
+    With checkpoints on it saves at every evaluation without stalling (it once stopped in an all-reduce at its
+    second save), a resume on two devices goes on from step 20, and the numbers are those of one device; members
+    run one after another give the numbers of members batched by vmap (the automatic choice for this model)."""
+    args = ("train.seeds=[0,1,2]", "probes.every=10")
     one = _run(tmp_path, "one", 1, *args)
+    assert "members of a device batched by vmap" in (tmp_path / "one" / "stdout.txt").read_text()
     two_devices = (*args, "train.cpu_devices=2", "train.member_loop=map", "checkpoint.enabled=true")
     _run(tmp_path, "two", None, *two_devices, "train.steps=20")
     log = (tmp_path / "two" / "stdout.txt").read_text()
-    assert "on 2 device(s): members split 2 way(s)" in log
+    assert "3 member(s) (and 1 copy of the last as padding) on 2 device(s): members split 2 way(s)" in log
     # the state keeps its layout: each program compiles once
     assert log.count("Compiling jit(_chunk)") == 1 and log.count("Compiling jit(_evaluate_member)") == 1
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["10", "20"]
     two = _run(tmp_path, "two", None, *two_devices, f"train.resume={tmp_path / 'two'}")  # goes on in its own dir
     assert "resuming at step 20" in (tmp_path / "two" / "stdout.txt").read_text()
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["30", "40"]
-    vmapped = _run(tmp_path, "vmapped", 1, *args, "train.member_loop=vmap")
-    for other in (two, vmapped):
+    mapped = _run(tmp_path, "mapped", 1, *args, "train.member_loop=map")
+    for other in (two, mapped):
         assert len(one) == len(other)
         for x, y in zip(one, other, strict=True):
             assert (x["step"], x["probe"], x["seed"]) == (y["step"], y["probe"], y["seed"])
