@@ -85,8 +85,8 @@ class TrainConfig:
     # on CPU only for large steps (where it pays; for small ones it halved the speed)
     split_batch: bool | None = None
     # CPU only: split the host into this many JAX devices, so members (or one member's batch) get a core each;
-    # 0 = one per core, at most 8 (docs/benchmarks.md: on 2 cores, 8 members train 1.7x the member-steps/s of 8 on
-    # one device). Applies when a process first uses JAX (iclwl.sharding.use_cpu_devices)
+    # 0 = one per core, at most 8 (docs/benchmarks.md: on 2 cores, 16 members train 1.6-1.75x the member-steps/s of
+    # 16 on one device). Applies when a process first uses JAX (iclwl.sharding.use_cpu_devices)
     cpu_devices: int = 0
     # JAX's persistent compilation cache (iclwl/compile_cache.py): 'auto' = $JAX_COMPILATION_CACHE_DIR or
     # ~/.cache/iclwl/jax, 'off', or a directory. A second run of the same programs loads them instead of compiling
