@@ -158,7 +158,9 @@ def fit_groups(cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array,
     """
     M = len(init_keys)
     size, whole = min(cfg.train.max_members or M, M), None
-    flops = compiled(Program.of(cfg, st)).step_flops(uni, mem) if _cpu(devices) else None
+    t = cfg.train
+    decide = _cpu(devices) and (t.member_loop == "auto" or t.split_batch is None)  # the placement needs the size
+    flops = compiled(Program.of(cfg, st)).step_flops(uni, mem) if decide else None
     while True:
         size = math.ceil(M / math.ceil(M / size))  # balanced groups: least padding for this many groups
         groups = Groups(cfg, st, uni, init_keys, mem, size, devices, flops)

@@ -26,7 +26,7 @@ from iclwl import analysis
 from iclwl.checkpoints import CheckpointError, Checkpoints, checkpoint_steps, resume_conflicts
 from iclwl.compile_cache import use_compile_cache
 from iclwl.config import Config, member_config, members, static_knobs
-from iclwl.groups import check_universes_fit, fit_groups
+from iclwl.groups import Groups, check_universes_fit, fit_groups
 from iclwl.plots import plot_settings
 from iclwl.preemption import Preempted, StopRequests
 from iclwl.probing import ProbeMetrics, probe_list
@@ -95,7 +95,7 @@ class Job:
     ckpts: Checkpoints | None
     fresh: dict[str, Any]  # what a checkpoint holds, as shapes (restore's template)
     inputs: tuple  # (init keys, MemberInputs)
-    ens: Any = None  # iclwl.groups.Groups: the members, in one program or several (made by restore)
+    ens: Groups | None = None  # the members, in one program or several (made by restore)
     origin: dict[str, Any] = field(default_factory=provenance)
     metrics: MetricsFile | None = None
     sink: WandbSink | None = None

@@ -105,7 +105,10 @@ def place(M: int, batch_size: int, step_flops: float | None, member_loop: str = 
     split = large if split_batch is None else split_batch
     layout = _layout(M, batch_size, devices, split)
     size = M if split else layout.mesh.shape["members"] * math.ceil(M / layout.mesh.shape["members"])
-    why = f"a member's step: {step_flops / 1e9:.2g} GFLOP" if known else "a member's step: size unknown"
+    if member_loop != "auto" and split_batch is not None:
+        why = "train.member_loop and train.split_batch given"
+    else:
+        why = f"a member's step: {step_flops / 1e9:.2g} GFLOP" if known else "a member's step: size unknown"
     return Placement(layout, size, loop, why)
 
 

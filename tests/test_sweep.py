@@ -79,8 +79,9 @@ def test_placement_follows_the_step_size_on_cpu_and_splits_everything_on_acceler
     # the settings decide where given
     p = place(1, 64, small, member_loop="map", split_batch=True, devices=cpu)
     assert (p.layout.mesh.shape, p.loop) == ({"members": 1, "batch": 2}, "map")
-    p = place(3, 64, large, member_loop="vmap", split_batch=False, devices=cpu)
+    p = place(3, 64, None, member_loop="vmap", split_batch=False, devices=cpu)  # no size needed
     assert (p.size, p.layout.mesh.shape, p.loop) == (4, {"members": 2, "batch": 1}, "vmap")
+    assert "train.member_loop and train.split_batch given" in p.describe(3)
     gpus = [FakeDevice(i, "gpu") for i in range(8)]
     p = place(2, 64, small, devices=gpus)
     assert (p.size, p.layout.mesh.shape, p.loop) == (2, {"members": 2, "batch": 4}, "vmap")
