@@ -59,10 +59,11 @@ class Layout:
 
 # On CPU devices, how big one member's training step is (FLOPs of its forward and backward pass, XLA's count)
 # decides how members are placed (``place``); measured on 2 cores (docs/benchmarks.md, benchmarks/layout_ab.py):
-# - splitting one member's batch over devices gave 0.44x for the Chan 2024 model (0.04 GFLOP a step), 0.98x for
-#   the default one (0.38 GFLOP) and 1.04x for Reddy's (0.37 GFLOP): batches are split only from SPLIT_BATCH_FLOPS;
-# - members sharing a device ran 1.6x faster batched by vmap than one after another for the Chan 2024 model, and
-#   0.87-0.89x as fast for the other two: vmap below SMALL_STEP_FLOPS, map above.
+# - splitting one member's batch over devices gave 0.43x for the Chan 2024 model (0.04 GFLOP a step), 0.97x for
+#   the default one (0.38 GFLOP) and 1.07x for Reddy's (0.37 GFLOP): batches are split only from SPLIT_BATCH_FLOPS
+#   (the step size alone cannot tell the last two apart);
+# - members sharing a device ran 1.2x faster batched by vmap than one after another for the Chan 2024 model, and
+#   0.78-0.88x as fast for the other two: vmap below SMALL_STEP_FLOPS, map above.
 SMALL_STEP_FLOPS = 1e8
 SPLIT_BATCH_FLOPS = 1e9
 

@@ -4,11 +4,11 @@ A run is a function of its seeds. Each member's seed splits once into three name
 init (parameters), data (batch t is ``sample_batch(task, fold_in(data, t))``) and eval (the probe sets). The
 step counter is the whole data state, so any batch can be regenerated and a resumed run is exact.
 
-``chunk`` is ``jit(members (scan over S steps (train step)))``: members are batched by ``vmap`` on accelerators
-and run one after another by ``lax.map`` on CPU, each for the whole chunk (``train.member_loop``). S is fixed,
-so it compiles once, and steps past ``stop`` are skipped (``lax.cond`` on the unbatched step counter), so a
-chunk can end exactly at an evaluation step. ``evaluate`` runs every probe for every member. Metrics leave the
-device once per call.
+``chunk`` is ``jit(members (scan over S steps (train step)))``: the members of a device are batched by ``vmap`` or
+run one after another by ``lax.map``, each for the whole chunk (``train.member_loop``; ``iclwl.sharding.place``
+chooses for 'auto'). S is fixed, so it compiles once, and steps past ``stop`` are skipped (``lax.cond`` on the
+unbatched step counter), so a chunk can end exactly at an evaluation step. ``evaluate`` runs every probe for every
+member. Metrics leave the device once per call.
 """
 
 from __future__ import annotations
