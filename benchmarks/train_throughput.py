@@ -31,8 +31,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +50,7 @@ from data_gen.presets import preset
 from iclwl.config import Config, ModelConfig, OptimConfig, TrainConfig, validate_config
 from iclwl.model import Transformer
 from iclwl.optim import make_optimizer
-from iclwl.run import ensemble_static
+from iclwl.run import ensemble_static, eval_schedule
 from iclwl.sharding import place, use_cpu_devices
 from iclwl.training import Ensemble, Program, member_inputs
 
@@ -279,8 +284,6 @@ def bench_baseline(cfg: Config, n_steps: int, repeats: int) -> dict:
 def baseline_run(name: str, steps: int, n_log: int = 16, n_eval: int = 512) -> None:
     """A whole baseline process (``--baseline-run``): ``steps`` steps, with the accuracy on two fixed sets of
     ``n_eval`` host-made sequences evaluated at the steps train.py evaluates at by default."""
-    from iclwl.run import eval_schedule
-
     base = Baseline(SETTINGS[name])
     sets = [base.batch(n_eval) for _ in range(2)]
     t, accs = 0, []
@@ -294,12 +297,6 @@ def baseline_run(name: str, steps: int, n_log: int = 16, n_eval: int = 512) -> N
 def end_to_end(name: str, steps: int, repeats: int) -> dict[str, float]:
     """Median wall seconds of whole processes: train.py with an empty compilation cache, train.py again with the
     cache it filled, and the baseline process; each repeat runs the three in turn in fresh directories."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     times: dict[str, list[float]] = {"train.py, empty cache": [], "train.py, second run": [], "baseline": []}
     for _ in range(repeats):

@@ -25,7 +25,7 @@ import numpy as np
 from data_gen import ConfigError, TaskStatic, Universe
 from data_gen.universe import universe_bytes
 from iclwl.config import Config, member_data_seeds
-from iclwl.sharding import place
+from iclwl.sharding import needs_step_flops, place
 from iclwl.training import Health, MemberInputs, Meter, Program, TrainState, compiled, zero_meter
 
 GiB = 2**30
@@ -105,10 +105,6 @@ class Groups:
         return max(sizes)
 
 
-def _cpu(devices: list | None) -> bool:
-    return (devices or jax.local_devices())[0].platform == "cpu"
-
-
 def _take(tree: Any, index: np.ndarray) -> Any:
     return jax.tree.map(lambda x: x[index], tree)
 
@@ -159,7 +155,7 @@ def fit_groups(cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array,
     M = len(init_keys)
     size, whole = min(cfg.train.max_members or M, M), None
     t = cfg.train
-    decide = _cpu(devices) and (t.member_loop == "auto" or t.split_batch is None)  # the placement needs the size
+    decide = needs_step_flops(t.member_loop, t.split_batch, devices)
     flops = compiled(Program.of(cfg, st)).step_flops(uni, mem) if decide else None
     while True:
         size = math.ceil(M / math.ceil(M / size))  # balanced groups: least padding for this many groups

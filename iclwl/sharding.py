@@ -86,6 +86,16 @@ class Placement:
         return f"{members} member(s){pad} on {where}; members of a device {how} ({self.why})"
 
 
+def needs_step_flops(member_loop: str, split_batch: bool | None, devices: list | None = None) -> bool:
+    """Whether ``place`` reads the step size: on CPU devices, unless both settings are given."""
+    cpu = (devices or jax.local_devices())[0].platform == "cpu"
+    return cpu and not _given(member_loop, split_batch)
+
+
+def _given(member_loop: str, split_batch: bool | None) -> bool:
+    return member_loop != "auto" and split_batch is not None
+
+
 def place(M: int, batch_size: int, step_flops: float | None, member_loop: str = "auto",
           split_batch: bool | None = None, devices: list | None = None) -> Placement:  # fmt: skip
     """The placement of M members (``train.member_loop``, ``train.split_batch``: 'auto' / None are decided here).
@@ -106,7 +116,7 @@ def place(M: int, batch_size: int, step_flops: float | None, member_loop: str = 
     split = large if split_batch is None else split_batch
     layout = _layout(M, batch_size, devices, split)
     size = M if split else layout.mesh.shape["members"] * math.ceil(M / layout.mesh.shape["members"])
-    if member_loop != "auto" and split_batch is not None:
+    if _given(member_loop, split_batch):
         why = "train.member_loop and train.split_batch given"
     else:
         why = f"a member's step: {step_flops / 1e9:.2g} GFLOP" if known else "a member's step: size unknown"

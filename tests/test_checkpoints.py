@@ -253,6 +253,7 @@ def test_sigkill_three_times_then_resume_equals_uninterrupted_and_sigterm_saves(
         if i == 0:  # during a save: after one checkpoint is complete, while a later one is written
             while not (_checkpoints(run_dir) and _saving(run_dir)) and proc.poll() is None and time.time() < deadline:
                 time.sleep(0.002)
+            assert proc.poll() is None and time.time() < deadline, "no save in flight was seen before the run ended"
         else:
             while _checkpoints(run_dir) == before and proc.poll() is None and time.time() < deadline:
                 time.sleep(0.05)  # until this process has saved something new
