@@ -5,11 +5,11 @@
     python train.py task=reddy2023 model=reddy2023 train.steps=20000 train.seeds=[0,1,2]
     python train.py -m task.L=4,8 sweep.p_bursty=[0.5,1.0]    # Hydra multirun outside, members inside
 
-The same command as ``iclwl-train`` and ``python -m iclwl`` (iclwl/app.py). Outputs go to the Hydra run directory
+The same command as ``iclwl-train`` and ``python -m iclwl`` (iclwl/cli/train.py). Outputs go to the Hydra run directory
 (outputs/<name>/<time>/ by default).
 """
 
-from iclwl.app import main
+from iclwl.cli.train import main
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,7 @@ drift reaches alike.
     python benchmarks/layout_ab.py --settings chan2024 --variants 9:auto 9x1:map 9x1:vmap 9x2:vmap
 
 Variants:
-- ``M:auto``: M members placed as ``train.py`` places them by default (``iclwl.sharding.place``);
+- ``M:auto``: M members placed as ``train.py`` places them by default (``iclwl.training.sharding.place``);
 - ``MxN:loop``: M members over the first N devices (padded to a multiple of N), the members of a device run by
   ``loop`` (``map`` or ``vmap``), batches not split (``train.split_batch=false``);
 - ``MxN:loop:batch``: the same with ``train.split_batch=true``: when members are fewer than devices, each member's
@@ -30,7 +30,7 @@ from typing import NamedTuple
 import jax
 from train_throughput import SETTINGS, LibraryRun
 
-from iclwl.sharding import use_cpu_devices
+from iclwl.training.sharding import use_cpu_devices
 
 
 class Variant(NamedTuple):

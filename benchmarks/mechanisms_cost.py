@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from data_gen import make_universe
 from iclwl.config import Config, from_dict, schema_dict
 from iclwl.run import ensemble_static, eval_schedule
-from iclwl.training import Program, compiled, member_inputs
+from iclwl.training.program import Program, compiled, member_inputs
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -32,10 +32,10 @@ import jax
 from data_gen import make_universe
 from data_gen.presets import preset
 from iclwl.config import Config, ModelConfig, OptimConfig, TrainConfig, validate_config
-from iclwl.groups import fit_groups
 from iclwl.run import ensemble_static
-from iclwl.sharding import use_cpu_devices
-from iclwl.training import member_inputs
+from iclwl.training.groups import fit_groups
+from iclwl.training.program import member_inputs
+from iclwl.training.sharding import use_cpu_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAN_MODEL = ModelConfig(n_layers=2, n_heads=1, d_model=64, mlp_ratio=4.0)

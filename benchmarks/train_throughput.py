@@ -10,8 +10,8 @@ drift in the host's speed does not bias the ratio of M = 8 to M = 1.
     python benchmarks/train_throughput.py --settings reddy2023 --members 1 --repeats 5
     python benchmarks/train_throughput.py --cpu-devices 1      # the whole host as one JAX device
 
-The library runs as ``train.py`` places it (``iclwl.sharding.place``): by default the CPU host is split into one
-JAX device per core (``--cpu-devices``, ``train.cpu_devices``; 0 = one per core); members go to different devices
+The library runs as ``train.py`` places it (``iclwl.training.sharding.place``): by default the CPU host is split into
+one JAX device per core (``--cpu-devices``, ``train.cpu_devices``; 0 = one per core); members go to different devices
 (padded to a multiple of them), a member's batch is split over devices only for large steps, and members that
 share a device are batched by vmap when their step is small, else run one after another (``--member-loop``,
 ``train.member_loop``).
@@ -48,11 +48,11 @@ from flax import nnx
 from data_gen import TaskSpec, dynamic_part, make_universe, sample_batch
 from data_gen.presets import preset
 from iclwl.config import Config, ModelConfig, OptimConfig, TrainConfig, validate_config
-from iclwl.model import Transformer
-from iclwl.optim import make_optimizer
+from iclwl.models.transformer import Transformer
 from iclwl.run import ensemble_static, eval_schedule
-from iclwl.sharding import place, use_cpu_devices
-from iclwl.training import Ensemble, Program, member_inputs
+from iclwl.training.optim import make_optimizer
+from iclwl.training.program import Ensemble, Program, member_inputs
+from iclwl.training.sharding import place, use_cpu_devices
 
 SETTINGS = {
     "default": Config(
@@ -121,7 +121,7 @@ def model_flops(cfg: Config) -> float:
 
 
 class LibraryRun:
-    """M members of ``cfg`` placed as ``train.py`` places them (``iclwl.sharding.place``, from the config's
+    """M members of ``cfg`` placed as ``train.py`` places them (``iclwl.training.sharding.place``, from the config's
     ``train.member_loop`` and ``train.split_batch``; ``devices``: the devices it may use), compiled by the first
     ``call``. A fresh program each (``Ensemble``, not the process-wide ``compiled`` cache), so runs of one program
     in other layouts share nothing. Padding members (``place`` pads members to a multiple of the devices) train

@@ -1,5 +1,5 @@
-"""``python -m iclwl``: the training command (iclwl/app.py)."""
+"""``python -m iclwl``: the training command (iclwl/cli/train.py)."""
 
-from iclwl.app import main
+from iclwl.cli.train import main
 
 main()

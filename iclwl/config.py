@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from data_gen import DYNAMIC_FIELDS, ConfigError, TaskSpec, validate
-from iclwl.measures import OPTIM_COORDS, SEED_COORDS  # noqa: F401  (SEED_COORDS: the coordinates members() gives for seeds)
 
 Arch = Literal["transformer", "gated", "lstm"]
 
@@ -26,9 +25,10 @@ Arch = Literal["transformer", "gated", "lstm"]
 class ModelConfig:
     """The network that reads ``x1 y1 x2 y2 ... xL yL xq`` (or one token per (item, label) with 'concat').
 
-    arch: 'transformer' (iclwl/model.py, reads every field); 'gated' (iclwl/gated.py, Chan et al. 2024: an MLP on
-    the query mixed by a learned gate with a softmax over its similarity to the context items; reads d_model);
-    'lstm' (iclwl/lstm.py: the same tokens through stacked LSTMs; reads n_layers, d_model, tokens, readout_hidden).
+    arch: 'transformer' (iclwl/models/transformer.py, reads every field); 'gated' (iclwl/models/gated.py, Chan et
+    al. 2024: an MLP on the query mixed by a learned gate with a softmax over its similarity to the context items;
+    reads d_model); 'lstm' (iclwl/models/lstm.py: the same tokens through stacked LSTMs; reads n_layers, d_model,
+    tokens, readout_hidden).
     An arch ignores the fields it does not read, so any experiment preset runs with any arch
     (``experiment=chan2022_bursty model.arch=lstm``: a 12-layer LSTM of width 64; the preset's n_heads is unused).
     """
@@ -43,7 +43,9 @@ class ModelConfig:
     max_offset: int = 0  # 'onehot' (Reddy 2023): positions shifted by a random offset in [0, max_offset]
     tokens: Literal["interleaved", "concat"] = "interleaved"
     readout_hidden: tuple[int, ...] = ()  # widths of an MLP readout head; () = linear readout
-    encoder: Literal["linear", "resnet", "random"] = "linear"  # item encoder (iclwl/encoders.py); resnet/random: images
+    encoder: Literal["linear", "resnet", "random"] = (
+        "linear"  # item encoder (iclwl/models/encoders.py); resnet/random: images
+    )
     encoder_width: int = 32  # resnet: channels of the first stage; random: number of features
     encoder_stages: int = 2  # resnet: stages of two residual blocks, each after the first halving the resolution
 
@@ -79,16 +81,17 @@ class TrainConfig:
     max_members: int = 0  # members per compiled program; 0 = as many as fit (measured), the rest in more groups
     memory_fraction: float = 0.9  # of the devices' free memory that one group's programs may use
     # members sharing a device: 'vmap' batches them, 'map' runs them one after another; 'auto' is 'vmap' on
-    # accelerators and, on CPU, 'vmap' for models whose step is small and 'map' for larger ones (iclwl.sharding.place)
+    # accelerators and, on CPU, 'vmap' for models whose step is small and 'map' for larger ones
+    # (iclwl.training.sharding.place)
     member_loop: Literal["auto", "vmap", "map"] = "auto"
     # split one member's batch over devices when members are fewer than devices; null = auto: on accelerators yes,
     # on CPU only for large steps (where it pays; for small ones it halved the speed)
     split_batch: bool | None = None
     # CPU only: split the host into this many JAX devices, so members (or one member's batch) get a core each;
     # 0 = one per core, at most 8 (docs/benchmarks.md: on 2 cores, 16 members train 1.6-1.75x the member-steps/s of
-    # 16 on one device). Applies when a process first uses JAX (iclwl.sharding.use_cpu_devices)
+    # 16 on one device). Applies when a process first uses JAX (iclwl.training.sharding.use_cpu_devices)
     cpu_devices: int = 0
-    # JAX's persistent compilation cache (iclwl/compile_cache.py): 'auto' = $JAX_COMPILATION_CACHE_DIR or
+    # JAX's persistent compilation cache (iclwl/training/compile_cache.py): 'auto' = $JAX_COMPILATION_CACHE_DIR or
     # ~/.cache/iclwl/jax, 'off', or a directory. A second run of the same programs loads them instead of compiling
     compile_cache: str = "auto"
 
@@ -111,7 +114,7 @@ class ProbeConfig:
     every: int = 0  # plus one every this many steps (0 = ten evenly spaced evaluations)
     families: bool = False  # also the shots_k and distance_d families
     names: tuple[str, ...] = ()  # () = every probe that fits the task
-    mechanisms: bool = True  # attention measures and prediction sources on every probe set (iclwl/mechanisms.py)
+    mechanisms: bool = True  # attention measures and prediction sources on every probe set (iclwl/probes/mechanisms.py)
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class WandbConfig:
-    """Optional Weights & Biases logging (iclwl/wandb_sink.py): one W&B run per member, grouped by the sweep.
+    """Optional Weights & Biases logging (iclwl/record/wandb_sink.py): one W&B run per member, grouped by the sweep.
 
     Off by default, so no run needs an account; metrics.jsonl is written either way.
     """
@@ -167,7 +170,8 @@ class SweepConfig:
         return {k: getattr(self, k) for k in SWEEPABLE if getattr(self, k) is not None}
 
 
-OPTIM_FIELDS = OPTIM_COORDS  # the optimizer fields a sweep varies per member
+SEED_COORDS = ("seed", "data_seed")  # the coordinates members() gives a member for its seeds
+OPTIM_FIELDS = ("lr", "weight_decay")  # the optimizer fields a sweep varies per member
 SWEEPABLE = (*DYNAMIC_FIELDS, *OPTIM_FIELDS)
 # the sweepable fields are listed by hand for readability; they must be exactly these
 assert {f.name for f in dataclasses.fields(SweepConfig)} - {"mode"} == set(SWEEPABLE)

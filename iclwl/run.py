@@ -22,20 +22,20 @@ import numpy as np
 from tqdm import tqdm
 
 from data_gen import ConfigError, TaskStatic
-from iclwl import analysis
-from iclwl.checkpoints import CheckpointError, Checkpoints, checkpoint_steps, resume_conflicts
-from iclwl.compile_cache import use_compile_cache
 from iclwl.config import Config, member_config, members, static_knobs
-from iclwl.groups import Groups, check_universes_fit, fit_groups
-from iclwl.plots import plot_settings
-from iclwl.preemption import Preempted, StopRequests
-from iclwl.probing import ProbeMetrics, probe_list
-from iclwl.records import MetricsFile, format_table, provenance, read_metrics, truncate_metrics, write_config
-from iclwl.rows import probe_rows, train_rows
-from iclwl.rundir import check_target, owned, prepare, writing
-from iclwl.sharding import use_cpu_devices
-from iclwl.training import Meter, Program, compiled, ensemble_static, member_inputs, shared_universe
-from iclwl.wandb_sink import WandbSink, require_wandb
+from iclwl.probes.evaluate import ProbeMetrics, probe_list
+from iclwl.record.checkpoints import CheckpointError, Checkpoints, checkpoint_steps, resume_conflicts
+from iclwl.record.files import MetricsFile, format_table, provenance, read_metrics, truncate_metrics, write_config
+from iclwl.record.rows import probe_rows, train_rows
+from iclwl.record.rundir import check_target, owned, prepare, writing
+from iclwl.record.wandb_sink import WandbSink, require_wandb
+from iclwl.report import analysis
+from iclwl.report.plots import plot_settings
+from iclwl.training.compile_cache import use_compile_cache
+from iclwl.training.groups import Groups, check_universes_fit, fit_groups
+from iclwl.training.preemption import Preempted, StopRequests
+from iclwl.training.program import Meter, Program, compiled, ensemble_static, member_inputs, shared_universe
+from iclwl.training.sharding import use_cpu_devices
 
 
 def eval_schedule(total: int, n_log: int, every: int) -> np.ndarray:
@@ -55,7 +55,7 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     summary.md and curves.png under ``out_dir`` (or under ``cfg.train.resume``, continuing that run).
     Returns the summary table.
 
-    The directory is checked before anything in it is touched (``iclwl.rundir``) and owned by this process while
+    The directory is checked before anything in it is touched (``iclwl.record.rundir``) and owned by this process while
     it trains; a failed write ends the run with a ``RunIOError`` naming the path and the cause."""
     resume = cfg.train.resume is not None
     out_dir = Path(cfg.train.resume) if resume else out_dir

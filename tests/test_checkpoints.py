@@ -18,7 +18,6 @@ from test_training import TINY_MODEL, TINY_TASK
 
 from data_gen import ConfigError, make_universe
 from iclwl import run as run_module
-from iclwl.checkpoints import CheckpointError, Checkpoints
 from iclwl.config import (
     CheckpointConfig,
     Config,
@@ -29,9 +28,10 @@ from iclwl.config import (
     from_dict,
     validate_config,
 )  # fmt: skip
-from iclwl.preemption import Preempted
+from iclwl.record.checkpoints import CheckpointError, Checkpoints
 from iclwl.run import NonFiniteLoss, ensemble_static, run
-from iclwl.training import Program, compiled, member_inputs
+from iclwl.training.preemption import Preempted
+from iclwl.training.program import Program, compiled, member_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""JAX's persistent compilation cache (iclwl/compile_cache.py): where ``train.compile_cache`` points it, that
+"""JAX's persistent compilation cache (iclwl/training/compile_cache.py): where ``train.compile_cache`` points it, that
 it really stores programs (in a fresh process, since a process reads the setting once), and bad directories."""
 
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from data_gen import ConfigError
-from iclwl.compile_cache import cache_dir, use_compile_cache
+from iclwl.training.compile_cache import cache_dir, use_compile_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def test_auto_prefers_the_environment_then_the_user_cache(monkeypatch, tmp_path)
 
 
 def _jit_once(setting: str, cwd: Path) -> subprocess.CompletedProcess:
-    code = ("import jax, jax.numpy as jnp\nfrom iclwl.compile_cache import use_compile_cache\n"
+    code = ("import jax, jax.numpy as jnp\nfrom iclwl.training.compile_cache import use_compile_cache\n"
             f"use_compile_cache({setting!r})\n"
             "print(jax.jit(lambda x: x * 3 + 1)(jnp.arange(4.0)).sum())\n")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}

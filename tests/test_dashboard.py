@@ -1,12 +1,12 @@
-"""iclwl.dashboard: the W&B workspace of a sweep, built from hand-made run directories without network: it keeps
+"""iclwl.cli.dashboard: the W&B workspace of a sweep, built from hand-made run directories without network: it keeps
 only the sweep's runs, groups them by the coordinates that vary, and plots each probe against step."""
 
 import json
 
 import pytest
 
-from iclwl.analysis import ReportError
-from iclwl.dashboard import main, plan, specification, wandb_key
+from iclwl.cli.dashboard import main, plan, specification, wandb_key
+from iclwl.report.analysis import ReportError
 
 pytest.importorskip("wandb_workspaces")
 

@@ -9,10 +9,10 @@ import pytest
 from test_training import TINY_TASK, tiny, train
 
 from data_gen import ConfigError
-from iclwl.analysis import combine, find_runs, summarise
 from iclwl.config import TrainConfig, member_tasks, members, validate_config
+from iclwl.report.analysis import combine, find_runs, summarise
 from iclwl.run import run
-from iclwl.training import member_inputs
+from iclwl.training.program import member_inputs
 
 FINITE = dataclasses.replace(TINY_TASK, N=32)  # a finite set: the data seed redraws it too
 

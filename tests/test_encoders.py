@@ -10,7 +10,7 @@ from flax import nnx
 
 from data_gen import ConfigError
 from iclwl.config import ModelConfig, validate_config
-from iclwl.model import Transformer
+from iclwl.models.transformer import Transformer
 
 L, SIDE, V = 4, 8, 7
 

@@ -18,11 +18,11 @@ import pytest
 from test_checkpoints import ROOT, assert_same_run, final_params, tiny
 
 from data_gen import ConfigError
-from iclwl import checkpoints as checkpoints_module
 from iclwl.config import Config, SweepConfig, from_dict, schema_dict
-from iclwl.records import MetricsFile, read_metrics
+from iclwl.record import checkpoints as checkpoints_module
+from iclwl.record.files import MetricsFile, read_metrics
+from iclwl.record.rundir import LOCK, RunDirError, RunIOError
 from iclwl.run import NonFiniteLoss, run
-from iclwl.rundir import LOCK, RunDirError, RunIOError
 
 # ------------------------------------------------------------------------------------------ a diverging member
 
@@ -249,9 +249,9 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     [([str(ROOT / "train.py"), "train.stpes=10"], "config error: Could not override 'train.stpes'"),
      ([str(ROOT / "train.py"), "experiment=no_such"], "Could not find 'experiment/no_such'"),
      ([str(ROOT / "train.py"), "task.alpha=inf"], "task.alpha = inf: must be a finite number"),
-     (["-m", "iclwl.reference", "experiment=no_such"], "Could not find 'experiment/no_such'"),
-     (["-m", "iclwl.reference", "--out", "no/such/dir/x.jsonl"], "--out = no/such/dir/x.jsonl"),
-     (["-m", "iclwl.reproduce", "no_such"], "unknown")],
+     (["-m", "iclwl.cli.reference", "experiment=no_such"], "Could not find 'experiment/no_such'"),
+     (["-m", "iclwl.cli.reference", "--out", "no/such/dir/x.jsonl"], "--out = no/such/dir/x.jsonl"),
+     (["-m", "iclwl.cli.reproduce", "no_such"], "unknown")],
 )  # fmt: skip
 def test_bad_input_to_a_command_is_one_line_and_exit_2(tmp_path, args, says):
     done = _cli(*args, cwd=tmp_path)
@@ -269,6 +269,6 @@ def test_report_reads_rows_holding_lists(tmp_path):
     rows = [{"step": s, "member": 0, "probe": "icl_novel", "acc": 0.25 * s, "loss": 1.0, "seed": 0,
              "new_per_head": [0.1, 0.2]} for s in range(3)]  # fmt: skip
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    done = _cli("-m", "iclwl.report", str(run_dir), "--probes", "icl_novel", cwd=tmp_path)
+    done = _cli("-m", "iclwl.cli.report", str(run_dir), "--probes", "icl_novel", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "| - | icl_novel | 0.500 ± 0.000 |" in done.stdout

@@ -9,8 +9,8 @@ import pytest
 from matplotlib.figure import Figure
 
 import iclwl
-from iclwl.analysis import ReportError, combine, curves, find_runs
-from iclwl.plots import plot_settings
+from iclwl.report.analysis import ReportError, combine, curves, find_runs
+from iclwl.report.plots import plot_settings
 
 
 def make_run(path, config: dict, rows: list[dict]) -> None:
@@ -59,13 +59,13 @@ def test_plots_return_figures_and_importing_them_picks_no_backend(tmp_path):
     assert isinstance(fig, Figure) and not (tmp_path / "curves.png").exists()
     plot_settings(curves(sweep, ["icl_flip"]), ["icl_flip"], sweep.chance, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
-    check = "import sys, iclwl.plots, iclwl.report; print('matplotlib.pyplot' in sys.modules)"
+    check = "import sys, iclwl.report.plots, iclwl.cli.report; print('matplotlib.pyplot' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_two_crossed_coordinates_make_a_grid_and_zipped_ones_wrap():
-    from iclwl.plots import grid_of
+    from iclwl.report.plots import grid_of
 
     crossed = [(("p_relevant", p), ("N", n)) for n in (64, None) for p in (0.5, 0.9)]
     grid = grid_of(crossed)

@@ -9,10 +9,10 @@ from test_training import tiny
 
 from data_gen import ConfigError, make_universe
 from iclwl.config import ProbeConfig, SweepConfig, TrainConfig, members, validate_config
-from iclwl.groups import Groups, fit_groups
-from iclwl.measures import MECHANISM_LISTS, MECHANISM_SCALARS
+from iclwl.record.measures import MECHANISM_LISTS, MECHANISM_SCALARS
 from iclwl.run import ensemble_static, run
-from iclwl.training import member_inputs
+from iclwl.training.groups import Groups, fit_groups
+from iclwl.training.program import member_inputs
 
 
 def grid(**train) -> object:

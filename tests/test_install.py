@@ -31,9 +31,9 @@ def installed(tmp_path_factory):
     with zipfile.ZipFile(wheel) as z:  # a wheel is a zip laid out as site-packages: no pip needed to install it
         z.extractall(purelib)
     bin_dir = venv / "bin"
-    for name, target in (("iclwl-train", "iclwl.app"), ("iclwl-report", "iclwl.report")):
+    for name, target in (("iclwl-train", "iclwl.cli.train"), ("iclwl-report", "iclwl.cli.report")):
         script = bin_dir / name
-        call = "main()" if target == "iclwl.app" else "sys.exit(main())"
+        call = "main()" if target == "iclwl.cli.train" else "sys.exit(main())"
         script.write_text(f"#!{bin_dir / 'python'}\nimport sys\nfrom {target} import main\n{call}\n")
         script.chmod(0o755)
     entry_points = next(purelib.glob("iclwl-*.dist-info")) / "entry_points.txt"
@@ -45,8 +45,9 @@ def test_the_wheel_carries_configs_commands_and_metadata(installed):
     names = zipfile.ZipFile(wheel).namelist()
     assert "iclwl/conf/config.yaml" in names and "iclwl/conf/experiment/chan2024_n_cpu.yaml" in names
     assert "iclwl/py.typed" in names and any(n.endswith("LICENSE") for n in names)
-    for command in ("iclwl-train = iclwl.app:main", "iclwl-report = iclwl.report:main",
-                    "iclwl-reference = iclwl.reference:main", "iclwl-reproduce = iclwl.reproduce:main"):  # fmt: skip
+    for command in ("iclwl-train = iclwl.cli.train:main", "iclwl-report = iclwl.cli.report:main",
+                    "iclwl-reference = iclwl.cli.reference:main",
+                    "iclwl-reproduce = iclwl.cli.reproduce:main"):  # fmt: skip
         assert command in entry_points
 
 

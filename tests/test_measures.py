@@ -1,11 +1,11 @@
-"""iclwl.measures: one registry of row fields; a number no reader knows is a measurement everywhere, never a
+"""iclwl.record.measures: one registry of row fields; a number no reader knows is a measurement everywhere, never a
 coordinate (the report keeps its settings, W&B sends it)."""
 
 import json
 
-from iclwl.analysis import combine, find_runs, summarise
-from iclwl.measures import COORDINATES, MEASURES, is_measurement
-from iclwl.wandb_sink import step_logs
+from iclwl.record.measures import COORDINATES, MEASURES, is_measurement
+from iclwl.record.wandb_sink import step_logs
+from iclwl.report.analysis import combine, find_runs, summarise
 
 
 def test_an_unknown_number_is_a_measurement_for_the_report_and_wandb(tmp_path):

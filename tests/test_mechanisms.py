@@ -11,15 +11,15 @@ import pytest
 from test_training import tiny
 
 from data_gen import Batch, TaskSpec, make_universe, static_part
+from iclwl.cli.report import main
 from iclwl.config import CheckpointConfig, Config, LoggingConfig, ProbeConfig, TrainConfig
-from iclwl.measures import MECHANISM_LISTS, MECHANISM_SCALARS, SOURCES
-from iclwl.mechanisms import attention_measures, headline, per_head, prediction_sources
-from iclwl.probing import memorised_labels
-from iclwl.records import read_metrics, write_config
-from iclwl.report import main
-from iclwl.rows import probe_rows
+from iclwl.probes.evaluate import memorised_labels
+from iclwl.probes.mechanisms import attention_measures, headline, per_head, prediction_sources
+from iclwl.record.files import read_metrics, write_config
+from iclwl.record.measures import MECHANISM_LISTS, MECHANISM_SCALARS, SOURCES
+from iclwl.record.rows import probe_rows
 from iclwl.run import ensemble_static, run
-from iclwl.training import Program, compiled, member_inputs
+from iclwl.training.program import Program, compiled, member_inputs
 
 # L = 4 context pairs; the query (class 1) shares its class with items 0 and 2
 CLASSES = jnp.array([[1, 2, 1, 3, 1]])  # (B=1, L+1)

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from iclwl.config import ModelConfig
-from iclwl.model import Transformer
+from iclwl.models.transformer import Transformer
 
 L, D, V = 4, 5, 7
 

@@ -11,14 +11,14 @@ import pytest
 from flax import nnx
 
 from data_gen import ConfigError
-from iclwl.architectures import ARCHS, build_model
-from iclwl.checkpoints import resume_conflicts
+from iclwl.cli.reference import evaluate_reference, format_reference, main, reference_metrics
 from iclwl.config import CheckpointConfig, LoggingConfig, ModelConfig, OptimConfig, ProbeConfig, TrainConfig, from_dict
-from iclwl.gated import Gated
-from iclwl.lstm import LSTM
-from iclwl.measures import MECHANISM_LISTS, MECHANISM_SCALARS
-from iclwl.model import Transformer
-from iclwl.reference import evaluate_reference, format_reference, main, reference_metrics
+from iclwl.models.architectures import ARCHS, build_model
+from iclwl.models.gated import Gated
+from iclwl.models.lstm import LSTM
+from iclwl.models.transformer import Transformer
+from iclwl.record.checkpoints import resume_conflicts
+from iclwl.record.measures import MECHANISM_LISTS, MECHANISM_SCALARS
 from iclwl.run import ensemble_static, run
 from tests.test_training import TINY_TASK, assert_member_is_single_run, tiny, train
 

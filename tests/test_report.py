@@ -12,9 +12,9 @@ import numpy as np
 from test_training import TINY_MODEL, TINY_TASK
 
 from data_gen import TaskSpec
+from iclwl.cli.report import main
 from iclwl.config import CheckpointConfig, Config, LoggingConfig, ProbeConfig, SweepConfig, TrainConfig, validate_config
-from iclwl.records import read_metrics, write_config
-from iclwl.report import main
+from iclwl.record.files import read_metrics, write_config
 from iclwl.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,7 +206,7 @@ def test_the_same_seed_of_a_setting_twice_is_refused(tmp_path, capsys):
 
 
 def test_module_entry_point_exits_with_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "iclwl.report", str(tmp_path / "nowhere")], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "iclwl.cli.report", str(tmp_path / "nowhere")], capture_output=True,
                          text=True, cwd=ROOT)  # fmt: skip
     assert out.returncode == 2
     assert out.stderr == f"error: {tmp_path / 'nowhere'}: no such file or directory; expected a run directory or a " \
@@ -242,7 +242,7 @@ def test_report_of_a_real_training_matches_its_metrics(tmp_path):
         assert float(t["peak"]) == max(mean) and int(t["peak_step"]) == steps[int(np.argmax(mean))]
         assert float(t["drop"]) == max(mean) - mean[-1]
         assert t["onset_step"] == ("" if onset is None else str(onset)) and t["seeds"] == "2"
-        # and with the run's own summary.md numbers (run.py summarises through iclwl.analysis too)
+        # and with the run's own summary.md numbers (run.py summarises through iclwl.report.analysis too)
         (same,) = [s for s in run_summary if s["setting"] == f"p_bursty={p_bursty}" and s["probe"] == probe]
         assert (same["final"], same["peak"], same["peak_step"]) == (float(t["final"]), float(t["peak"]),
                                                                     int(t["peak_step"]))  # fmt: skip

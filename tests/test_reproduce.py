@@ -1,10 +1,10 @@
-"""python -m iclwl.reproduce: every entry composes into valid configs whose seeds redraw the data; bad input is
+"""iclwl-reproduce: every entry composes into valid configs whose seeds redraw the data; bad input is
 one line and exit 2; an entry trains and writes its report (a tiny entry, registered for the test)."""
 
 import pytest
 
-from iclwl import reproduce
-from iclwl.compose import compose
+from iclwl.cli import reproduce
+from iclwl.cli.compose import compose
 from iclwl.config import members
 
 

@@ -1,4 +1,4 @@
-"""Reproductions (docs/reproductions.md): each entry's CPU-scale preset, trained as ``python -m iclwl.reproduce``
+"""Reproductions (docs/reproductions.md): each entry's CPU-scale preset, trained as ``iclwl-reproduce``
 trains it (its first seed: one of the page's three), shows the direction of the paper's effect in its own metrics.
 
 Every test trains a whole preset (one to a few minutes of a 2-core CPU each), so all are marked slow:
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from test_presets import composed
 
-from iclwl import analysis
-from iclwl.analysis import Curve
+from iclwl.cli.reproduce import seed_overrides
 from iclwl.config import from_dict
-from iclwl.records import read_metrics
-from iclwl.reproduce import seed_overrides
+from iclwl.record.files import read_metrics
+from iclwl.report import analysis
+from iclwl.report.analysis import Curve
 from iclwl.run import run
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 def train(out: Path, experiment: str, *overrides: str) -> list[dict[str, Any]]:
     """Train ``experiment`` (with Hydra ``overrides``, as on the command line) into ``out`` with the first seed of
-    ``python -m iclwl.reproduce`` (seed 0, data seed 0); its metrics rows.
+    ``iclwl-reproduce`` (seed 0, data seed 0); its metrics rows.
 
     No checkpoints, plot or progress bar: they change nothing the tests read."""
     data = composed(experiment, *seed_overrides(1), "checkpoint.enabled=false", "logging.plot=false",

@@ -1,5 +1,5 @@
 """Reproductions, docs/reproductions.md sections 3 (Chan et al. 2024) and 4 (Singh et al. 2023/2025): each test
-trains an entry of ``python -m iclwl.reproduce`` with its first seed (seed 0, data seed 0: one of the three seeds
+trains an entry of ``iclwl-reproduce`` with its first seed (seed 0, data seed 0: one of the three seeds
 of the page) and checks the direction of the paper's effect in its metrics, with a margin. Slow: run with
 ``--runslow`` (1 to 6 minutes each on a 2-core CPU; the N sweep trains 50,000 steps).
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from test_reproductions import train
 
-from iclwl.analysis import combine, find_runs, summarise
+from iclwl.report.analysis import combine, find_runs, summarise
 
 INF = None  # N = infinite (fresh sequences every step)
 SERIES = ["icl_novel", "icl_flip", "iwl_no_support", "ciwl", "icl_flip:rare", "icl_flip:common",

@@ -14,8 +14,8 @@ from test_training import tiny, train
 from data_gen import ConfigError, make_universe
 from iclwl.config import OptimConfig, SweepConfig, members, validate_config
 from iclwl.run import ensemble_static
-from iclwl.sharding import Layout, place
-from iclwl.training import Ensemble, Program, member_inputs
+from iclwl.training.program import Ensemble, Program, member_inputs
+from iclwl.training.sharding import Layout, place
 
 ROOT = Path(__file__).resolve().parents[1]
 

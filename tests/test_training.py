@@ -10,7 +10,7 @@ import numpy as np
 from data_gen import TaskSpec, make_universe
 from iclwl.config import Config, ModelConfig, OptimConfig, ProbeConfig, TrainConfig, validate_config
 from iclwl.run import ensemble_static, eval_schedule, run
-from iclwl.training import Program, compiled, member_inputs, streams
+from iclwl.training.program import Program, compiled, member_inputs, streams
 
 TINY_TASK = TaskSpec(L=4, D=8, n_labels=8, n_classes=40, n_holdout=8, B=2, noise_scale=0.1)
 TINY_MODEL = ModelConfig(n_layers=2, n_heads=1, d_model=16, mlp_ratio=2.0)

@@ -13,7 +13,7 @@ import pytest
 
 from data_gen import ConfigError
 from iclwl.config import Config, WandbConfig, from_dict
-from iclwl.wandb_sink import IDS_FILE, WandbSink, default_group, require_wandb
+from iclwl.record.wandb_sink import IDS_FILE, WandbSink, default_group, require_wandb
 
 wandb = pytest.importorskip("wandb")
 from wandb.proto import wandb_internal_pb2  # noqa: E402  (only once wandb is known to be there)
@@ -280,7 +280,7 @@ def tiny_run_config(mode: str):
 
 @pytest.mark.slow  # about 40 s: a real run with wandb's service (the sink itself is tested above)
 def test_a_run_in_offline_mode_logs_what_metrics_jsonl_holds(tmp_path):
-    from iclwl.records import read_metrics
+    from iclwl.record.files import read_metrics
     from iclwl.run import run
 
     run(tiny_run_config("offline"), tmp_path)
@@ -297,7 +297,7 @@ def test_a_run_in_offline_mode_logs_what_metrics_jsonl_holds(tmp_path):
 
 
 def test_a_failing_wandb_leaves_training_and_metrics_intact(tmp_path, monkeypatch, capsys):
-    from iclwl.records import read_metrics
+    from iclwl.record.files import read_metrics
     from iclwl.run import run
 
     def refuse(*args, **kwargs):
@@ -337,7 +337,7 @@ def test_each_member_run_holds_its_own_values_and_the_jobs_static_knobs(tmp_path
             assert history[-1]["summary/table._type"] == "table-file"  # logged at the end
             assert history[-1]["summary/curves._type"] == "image-file"
     assert seen == {(2, 0.5), (2, 1.0), (4, 0.5), (4, 1.0)}
-    from iclwl.dashboard import plan
+    from iclwl.cli.dashboard import plan
 
     dashboard = plan(tmp_path, entity="lab")  # the workspace that compares them
     assert dashboard.group_by == ["p_relevant", "L"] and dashboard.groups == [default_group(base.name, tmp_path / "L2")]

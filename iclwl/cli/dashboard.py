@@ -1,4 +1,4 @@
-"""A W&B workspace for a sweep: ``python -m iclwl.dashboard <sweep dir> [--entity E] [--project P] [--save]``.
+"""A W&B workspace for a sweep: ``iclwl-dashboard <sweep dir> [--entity E] [--project P] [--save]``.
 
 Reads the run directories under the path (as the report does) and builds a W&B workspace that compares their
 settings: every probe's accuracy against the training step, the runs grouped by the coordinates that vary
@@ -13,7 +13,7 @@ to ``--out`` (default ``<path>/report/wandb_workspace.json``). ``--save`` create
 and prints its address (needs ``wandb login``). Needs the ``wandb`` extra: ``pip install 'iclwl[wandb]'``.
 
 The runs are found in W&B by their group (kept in each run directory's ``wandb_ids.json``, or the group the run
-would have had), and grouped by the top-level keys of their W&B config (``iclwl.wandb_sink``): a member's swept
+would have had), and grouped by the top-level keys of their W&B config (``iclwl.record.wandb_sink``): a member's swept
 values and the job's compiled-in knobs (``config.STATIC_KNOBS``); any other config field that differs between the
 jobs of a multirun is grouped by its nested name (``config.optim.warmup``).
 """
@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iclwl.analysis import FAMILIES, ReportError, Run, combine, find_runs, probes_of, values_of
 from iclwl.config import STATIC_KNOBS
-from iclwl.measures import MECHANISM_SCALARS
-from iclwl.wandb_sink import IDS_FILE, run_group
+from iclwl.record.measures import MECHANISM_SCALARS
+from iclwl.record.wandb_sink import IDS_FILE, run_group
+from iclwl.report.analysis import FAMILIES, ReportError, Run, combine, find_runs, probes_of, values_of
 
 # probe -> section; probes of the shots_k / distance_d families go to their own section
 SECTIONS = {
@@ -90,7 +90,7 @@ def plan(path: Path, entity: str | None = None, project: str | None = None, name
 
 
 def wandb_key(coord: str) -> str:
-    """The key of W&B's run config that holds a report coordinate (``iclwl.wandb_sink`` writes them)."""
+    """The key of W&B's run config that holds a report coordinate (``iclwl.record.wandb_sink`` writes them)."""
     if "." not in coord:  # a member's coordinate: at the top
         return coord
     return coord.split(".")[-1] if coord in STATIC_KNOBS else f"config.{coord}"
@@ -145,7 +145,7 @@ def specification(p: Plan) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    a = argparse.ArgumentParser(prog="python -m iclwl.dashboard", description=__doc__.split("\n\n")[0])
+    a = argparse.ArgumentParser(prog="iclwl-dashboard", description=__doc__.split("\n\n")[0])
     a.add_argument("path", type=Path, help="a run directory, or a directory holding run directories (a sweep)")
     a.add_argument("--entity", help="W&B entity (default: the runs' wandb.entity)")
     a.add_argument("--project", help="W&B project (default: the runs' wandb.project)")

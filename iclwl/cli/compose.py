@@ -6,7 +6,7 @@ from pathlib import Path
 
 from iclwl.config import Config, from_dict, schema_dict
 
-_CHECKOUT_CONF = Path(__file__).resolve().parents[1] / "conf"
+_CHECKOUT_CONF = Path(__file__).resolve().parents[2] / "conf"
 # the configs: a checkout's conf/ (an editable install or a plain checkout), else the installed package iclwl.conf
 IN_CHECKOUT = (_CHECKOUT_CONF / "config.yaml").is_file() and (_CHECKOUT_CONF / "experiment").is_dir()
 CONFIG_PATH = str(_CHECKOUT_CONF) if IN_CHECKOUT else "pkg://iclwl.conf"

@@ -1,13 +1,13 @@
 """What a run leaves in its directory: metrics.jsonl rows, the resolved config, provenance, a summary table.
 
-Reports read only these files. A row is one (step, member, probe); its fields are listed in ``iclwl.measures``::
+Reports read only these files. A row is one (step, member, probe); its fields are listed in ``iclwl.record.measures``::
 
     {"step": 500, "member": 0, "probe": "icl_novel", "acc": 0.41, "loss": 2.1, "acc_common": null,
      "acc_rare": null, "seed": 0, "p_bursty": 1.0}
 
 Probe "train" rows carry the mean training loss and accuracy over the steps since the previous evaluation.
 
-With ``probes.mechanisms`` (the default) every probe row also carries the measures of ``iclwl.mechanisms``
+With ``probes.mechanisms`` (the default) every probe row also carries the measures of ``iclwl.probes.mechanisms``
 (docs/mechanisms.md), null where undefined::
 
     "induction": 0.83, "prev_token": 0.97, "relevant_mass": 0.9, "irrelevant_mass": 0.05,
@@ -90,7 +90,7 @@ def provenance() -> dict[str, Any]:
     import optax
     import orbax.checkpoint
 
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
 
     def git(*args: str) -> str | None:
         try:

@@ -12,7 +12,7 @@ Definitions (per setting and series; a series is a probe, or a probe's rare/comm
 - peak: the maximum of the seed-mean curve, and the first step where it is reached;
 - drop: peak minus the final seed mean; *transient* when the drop exceeds a threshold;
 - onset: the first step where the seed-mean curve reaches a level (default: halfway from chance to 1); for a
-  mechanistic measure (``icl_novel:induction``) the first step it reaches its own level (``iclwl.report``).
+  mechanistic measure (``icl_novel:induction``) the first step it reaches its own level (``iclwl.cli.report``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from iclwl.measures import MECHANISM_SCALARS, ROW_KEY, SEED_COORDS, is_measurement
-from iclwl.records import read_metrics
+from iclwl.record.files import read_metrics
+from iclwl.record.measures import MECHANISM_SCALARS, ROW_KEY, SEED_COORDS, is_measurement
 
 # Config fields that never make two runs different settings: bookkeeping, or already a row coordinate
 # (the sweep lists and seeds reappear per row as each member's own value).
@@ -40,7 +40,7 @@ NOT_COORDINATES = (
     "checkpoint.",
 )
 GROUPS = ("common", "rare")
-FAMILIES = ("shots_", "distance_")  # probe families drawn against k or d (iclwl.family_report), not against step
+FAMILIES = ("shots_", "distance_")  # probe families drawn against k or d (iclwl.report.families), not against step
 DEFAULT_PROBES = ("icl_novel", "iwl_no_support")  # the one probe only ICL solves, the one only IWL solves
 
 Setting = tuple[tuple[str, Any], ...]
@@ -125,7 +125,8 @@ def _read_run(path: Path) -> Run:
 
 def combine(runs: list[Run]) -> Sweep:
     """One table of rows over all runs, each row with every coordinate, and the coordinates found."""
-    # a field is a measurement in every row if it is one in any (iclwl.measures: numbers that are not coordinates)
+    # a field is a measurement in every row if it is one in any
+    # (iclwl.record.measures: numbers that are not coordinates)
     measured = {k for run in runs for r in run.probe_rows for k, v in r.items() if is_measurement(k, v)}
     member_coords = list(dict.fromkeys(k for run in runs for r in run.probe_rows for k in r
                                        if k not in ROW_KEY and k not in measured))  # fmt: skip

@@ -1,6 +1,6 @@
 """The rows one evaluation adds to metrics.jsonl: one per (member, probe), and a "train" row per member.
 
-Their fields are those of ``iclwl.measures``; ``iclwl.records`` describes the file.
+Their fields are those of ``iclwl.record.measures``; ``iclwl.record.files`` describes the file.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from iclwl.measures import SOURCES
-from iclwl.mechanisms import headline, per_head
-from iclwl.probing import ProbeMetrics
-from iclwl.training import Health, Meter
+from iclwl.probes.evaluate import ProbeMetrics
+from iclwl.probes.mechanisms import headline, per_head
+from iclwl.record.measures import SOURCES
+from iclwl.training.program import Health, Meter
 
 
 def probe_rows(step: int, probes: ProbeMetrics, names: list[str], coords: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -25,8 +25,8 @@ import numpy as np
 from data_gen import ConfigError, TaskStatic, Universe
 from data_gen.universe import universe_bytes
 from iclwl.config import Config, member_data_seeds
-from iclwl.sharding import needs_step_flops, place
-from iclwl.training import Health, MemberInputs, Meter, Program, TrainState, compiled, zero_meter
+from iclwl.training.program import Health, MemberInputs, Meter, Program, TrainState, compiled, zero_meter
+from iclwl.training.sharding import needs_step_flops, place
 
 GiB = 2**30
 

@@ -38,7 +38,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from iclwl.config import CheckpointConfig, Config
-from iclwl.rundir import RunIOError
+from iclwl.record.rundir import RunIOError
 
 
 class CheckpointError(Exception):
@@ -88,8 +88,8 @@ class Checkpoints:
 
     def save(self, step: int, tree: Any, meta: dict[str, Any]) -> None:
         """Start saving ``tree`` as step ``step``; returns once it is on the host and checked (``wait``: done)."""
-        # Host copies first: the check and Orbax's writers then run nothing on the devices (iclwl/sharding.py says
-        # why eager reductions over sharded arrays are avoided).
+        # Host copies first: the check and Orbax's writers then run nothing on the devices
+        # (iclwl/training/sharding.py says why eager reductions over sharded arrays are avoided).
         tree = jax.device_get(tree)
         if not _learned_finite(tree["state"]):  # the step guards this already; never overwrite good with bad
             raise CheckpointError(f"checkpoint at step {step}: the parameters or optimizer state hold non-finite "

@@ -9,7 +9,7 @@ multirun, share one W&B group. Metric names are ``<probe>/<field>`` (``icl_novel
 ``train/loss``) against the training step ``step``; with ``per_member=false`` one run holds every member under
 ``m<member>/<probe>/<field>``. The mechanistic measures go the same way (``icl_novel/induction``,
 ``in_dist/src_memorised``; docs/mechanisms.md). At the end of a run each W&B run gets ``summary/table`` (the
-summary rows of its setting) and ``summary/curves`` (the job's figure); ``iclwl.dashboard`` builds the workspace
+summary rows of its setting) and ``summary/curves`` (the job's figure); ``iclwl.cli.dashboard`` builds the workspace
 that compares a sweep's settings from them.
 
 W&B is never load-bearing: metrics.jsonl is the record. Any exception from W&B (no network, no login, a server
@@ -35,7 +35,7 @@ from typing import Any
 
 from data_gen import ConfigError
 from iclwl.config import WandbConfig
-from iclwl.measures import SEED_COORDS, is_measurement
+from iclwl.record.measures import SEED_COORDS, is_measurement
 
 IDS_FILE = "wandb_ids.json"
 SUMMARY_LEFT_OUT = ("setting",)  # the text of the coordinates, which are columns of their own
@@ -61,7 +61,7 @@ def default_group(name: str, out_dir: Path) -> str:
 
 
 def step_logs(rows: list[dict[str, Any]], prefix_member: bool) -> dict[int, dict[int, dict[str, Any]]]:
-    """Rows -> {member: {step: {metric name: value}}}: every measurement that is a number (iclwl.measures; the
+    """Rows -> {member: {step: {metric name: value}}}: every measurement that is a number (iclwl.record.measures; the
     per-(layer, head) lists stay in metrics.jsonl); missing values (None) are left out rather than logged."""
     logs: dict[int, dict[int, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
     for row in rows:

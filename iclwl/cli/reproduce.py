@@ -1,14 +1,14 @@
 """The reproductions of docs/reproductions.md, one command each.
 
-    python -m iclwl.reproduce chan2024_n                  # train, then write the figures and tables
-    python -m iclwl.reproduce chan2024_n --seeds 5 --out runs/repro
-    python -m iclwl.reproduce --list
+    iclwl-reproduce chan2024_n                  # train, then write the figures and tables
+    iclwl-reproduce chan2024_n --seeds 5 --out runs/repro
+    iclwl-reproduce --list
 
 An entry trains its CPU-scale preset (``conf/experiment/*_cpu.yaml``) with ``--seeds`` seeds that each redraw the
 data as well as the initialisation (``train.seeds = train.data_seeds = 0 .. n-1``): all settings and seeds of a
 job are members of one program, and a static setting that varies (the burst size B, the context length L) is one
 job per value, as a Hydra multirun would run them. Then it writes the report of the entry's jobs
-(``iclwl.report``) to ``<out>/<entry>/report``: ``summary.md`` (final accuracy, mean ± std over the seeds; peak,
+(``iclwl.cli.report``) to ``<out>/<entry>/report``: ``summary.md`` (final accuracy, mean ± std over the seeds; peak,
 drop, onset) and the figures (curves with the seeds' min..max band, phase diagrams, mechanisms).
 
 Each job keeps its checkpoints, so a rerun of a stopped reproduction continues where it stopped, and a rerun of a
@@ -69,8 +69,8 @@ def seed_overrides(n: int) -> list[str]:
 
 def reproduce(name: str, out: Path, seeds: int) -> list[Path]:
     """Train entry ``name`` into ``out/<name>/<job>`` and write its report; returns the report's files."""
-    from iclwl.compose import compose
-    from iclwl.report import report
+    from iclwl.cli.compose import compose
+    from iclwl.cli.report import report
     from iclwl.run import run
 
     entry = ENTRIES[name]
@@ -85,7 +85,7 @@ def reproduce(name: str, out: Path, seeds: int) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m iclwl.reproduce", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="iclwl-reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("entry", nargs="?", help=f"one of: {', '.join(ENTRIES)}")
     p.add_argument("--out", type=Path, default=Path("runs/repro"), help="where the runs go (default runs/repro)")
     p.add_argument("--seeds", type=int, default=3, help="seeds, each redrawing the data (default 3)")
@@ -101,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         print(f"error: --seeds = {args.seeds}: must be >= 1", file=sys.stderr)
         return 2
-    from iclwl.checkpoints import CheckpointError
-    from iclwl.compose import ComposeError
-    from iclwl.preemption import Preempted
-    from iclwl.report import ReportError
+    from iclwl.cli.compose import ComposeError
+    from iclwl.cli.report import ReportError
+    from iclwl.record.checkpoints import CheckpointError
+    from iclwl.record.rundir import RunDirError, RunIOError
     from iclwl.run import NonFiniteLoss
-    from iclwl.rundir import RunDirError, RunIOError
+    from iclwl.training.preemption import Preempted
 
     try:
         written = reproduce(args.entry, args.out, args.seeds)

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from iclwl.config import ModelConfig
-from iclwl.context import answer_rows, label_mixture, visible
-from iclwl.model import MLP
+from iclwl.models.context import answer_rows, label_mixture, visible
+from iclwl.models.transformer import MLP
 
 FLOOR = 1e-6  # a tiny uniform share of the mixture: the loss stays finite where both predictors rule a label out
 

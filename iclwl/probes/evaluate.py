@@ -1,5 +1,5 @@
 """Probes of one member, on the device: accuracy and loss on every probe set, split by frequency group, and
-(``probes.mechanisms``) the attention measures and prediction sources of ``iclwl.mechanisms``.
+(``probes.mechanisms``) the attention measures and prediction sources of ``iclwl.probes.mechanisms``.
 
 Probe sets come from the member's eval stream (``fold_in(eval_key, probe index)``), so each evaluation sees the
 same sequences and training never draws them. The list of probes is fixed per run (``probe_list``).
@@ -18,8 +18,8 @@ from data_gen import Batch, TaskParams, TaskStatic, Universe, probe_batch, probe
 from data_gen.errors import ConfigError
 from data_gen.universe import labels_of
 from iclwl.config import ModelConfig, ProbeConfig
-from iclwl.mechanisms import Attention, attention_measures, prediction_sources
-from iclwl.model import Transformer, random_offsets
+from iclwl.models.transformer import Transformer, random_offsets
+from iclwl.probes.mechanisms import Attention, attention_measures, prediction_sources
 
 
 class ProbeMetrics(NamedTuple):

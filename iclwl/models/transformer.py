@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from iclwl.config import ModelConfig
-from iclwl.encoders import make_encoder
+from iclwl.models.encoders import make_encoder
 
 
 def sinusoidal(positions: jax.Array, d: int) -> jax.Array:

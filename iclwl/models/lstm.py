@@ -2,9 +2,9 @@
 
 Chan et al. (2022) report that LSTMs and RNNs trained on the same bursty data show no ICL; this model lets a run
 check that under the same task, probes and training program. The tokens are the transformer's
-(``iclwl.model.embed_tokens``: ``x1 y1 ... xL yL xq`` interleaved, or one token per pair with 'concat'); there are
-no positions, since the recurrence itself orders them. Each layer is a ``nnx.OptimizedLSTMCell`` scanned over
-the sequence from a zero state.
+(``iclwl.models.transformer.embed_tokens``: ``x1 y1 ... xL yL xq`` interleaved, or one token per pair with
+'concat'); there are no positions, since the recurrence itself orders them. Each layer is a
+``nnx.OptimizedLSTMCell`` scanned over the sequence from a zero state.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from iclwl.config import ModelConfig
-from iclwl.model import embed_tokens
+from iclwl.models.transformer import embed_tokens
 
 
 def run_cell(cell: nnx.OptimizedLSTMCell, x: jax.Array) -> jax.Array:

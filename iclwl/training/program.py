@@ -5,7 +5,7 @@ init (parameters), data (batch t is ``sample_batch(task, fold_in(data, t))``) an
 step counter is the whole data state, so any batch can be regenerated and a resumed run is exact.
 
 ``chunk`` is ``jit(members (scan over S steps (train step)))``: the members of a device are batched by ``vmap`` or
-run one after another by ``lax.map``, each for the whole chunk (``train.member_loop``; ``iclwl.sharding.place``
+run one after another by ``lax.map``, each for the whole chunk (``train.member_loop``; ``iclwl.training.sharding.place``
 chooses for 'auto'). S is fixed, so it compiles once, and steps past ``stop`` are skipped (``lax.cond`` on the
 unbatched step counter), so a chunk can end exactly at an evaluation step. ``evaluate`` runs every probe for every
 member. Metrics leave the device once per call.
@@ -34,7 +34,6 @@ from data_gen import (
     sample_batch,
     static_part,
 )
-from iclwl.architectures import build_model
 from iclwl.config import (
     Config,
     ModelConfig,
@@ -46,9 +45,10 @@ from iclwl.config import (
     member_tasks,
     members,
 )
-from iclwl.model import random_offsets
-from iclwl.optim import OptimParams, make_optimizer
-from iclwl.probing import evaluate_member
+from iclwl.models.architectures import build_model
+from iclwl.models.transformer import random_offsets
+from iclwl.probes.evaluate import evaluate_member
+from iclwl.training.optim import OptimParams, make_optimizer
 
 INIT, DATA, EVAL = 0, 1, 2  # named key streams of a member's seed
 
@@ -116,7 +116,7 @@ class Program:
     optim: OptimConfig
     train: TrainConfig  # with seeds blanked: they are data, not program
     probes: ProbeConfig
-    mesh: Mesh | None = None  # iclwl.sharding.Layout's mesh; None: one device
+    mesh: Mesh | None = None  # iclwl.training.sharding.Layout's mesh; None: one device
 
     @classmethod
     def of(cls, cfg: Config, st: TaskStatic, mesh: Mesh | None = None) -> Program:

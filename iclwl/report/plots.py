@@ -20,7 +20,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from iclwl.analysis import Setting, describe, sort_key, value_text
+from iclwl.report.analysis import Setting, describe, sort_key, value_text
 
 STYLE = {
     "icl_novel": ("tab:blue", "-"),
@@ -118,7 +118,7 @@ def _label_grid(axes, grid: Grid, settings: list[Setting]) -> None:
 def plot_settings(curves: dict, probes: list[str], chance: dict, path: Path | None = None, title: str = "") -> Figure:
     """One panel per setting: each probe's seed mean against step, band = min..max over seeds; its rare and
     common frequency groups (series ``probe:rare`` / ``probe:common`` in ``curves``), where present, as thin
-    dashed / dotted lines. ``curves`` maps (setting, series) to an ``iclwl.analysis.Curve``."""
+    dashed / dotted lines. ``curves`` maps (setting, series) to an ``iclwl.report.analysis.Curve``."""
     settings = list(dict.fromkeys(s for s, _ in curves))
     grid = grid_of(settings)
     size = (0.6 + 4.0 * grid.ncols, 1.0 + 3.0 * grid.nrows)
@@ -155,7 +155,7 @@ def plot_phase(
     table: list[dict[str, Any]], coords: list[str], x: str, y: str, probes: list[str], path: Path | None = None
 ) -> Figure:
     """Phase diagrams: final and peak seed-mean accuracy of each probe over coordinates ``x`` and ``y``; one row
-    of panels per combination of the other coordinates. ``table`` rows come from ``iclwl.analysis.summarise``."""
+    of panels per combination of the other coordinates. ``table`` rows come from ``iclwl.report.analysis.summarise``."""
 
     def values(c: str, rows: list[dict[str, Any]]) -> list[Any]:
         return sorted({r[c] for r in rows}, key=sort_key)
@@ -201,7 +201,7 @@ def plot_mechanisms(curves: dict, table: list[dict[str, Any]], probes: tuple[str
                     path: Path | None = None) -> Figure:  # fmt: skip
     """Per setting, two panels over training step. Top: the ICL and IWL probes' accuracy and the mechanistic
     measures of the measure probe, on one axis, with the onsets of ICL and of the induction score as vertical
-    lines (from ``table``, iclwl.report.mechanism_table). Bottom: where the sources probe's answers come from.
+    lines (from ``table``, iclwl.cli.report.mechanism_table). Bottom: where the sources probe's answers come from.
     ``probes`` = (icl, iwl, measure, sources probe); ``curves`` maps (setting, series) to a Curve."""
     icl, iwl, measured, sourced = probes
     ncols = min(len(table), 4)
@@ -246,7 +246,7 @@ def plot_mechanisms(curves: dict, table: list[dict[str, Any]], probes: tuple[str
 def plot_families(table: list[dict[str, Any]], chance: dict, path: Path | None = None) -> Figure:
     """One row of panels per setting, one column per family (accuracy against shots k, against distance d):
     a line per chosen step, coloured from early (light) to late (dark), the band the min..max over seeds.
-    ``table`` rows come from ``iclwl.family_report.family_table``."""
+    ``table`` rows come from ``iclwl.report.families.family_table``."""
     settings = list(dict.fromkeys(t["key"] for t in table))
     families = list(dict.fromkeys(t["family"] for t in table))
     fig, axes = _subplots(len(settings), len(families), figsize=(4.6 * len(families), 3.4 * len(settings)),

@@ -1,7 +1,7 @@
-"""The report of a run or a sweep: ``python -m iclwl.report <run dir or sweep dir> [--out DIR] [options]``.
+"""The report of a run or a sweep: ``iclwl-report <run dir or sweep dir> [--out DIR] [options]``.
 
 Reads only run directories (metrics.jsonl and config.json, found recursively), combines their members by
-setting (see ``iclwl.analysis``) and writes to ``--out`` (default ``<dir>/report``):
+setting (see ``iclwl.report.analysis``) and writes to ``--out`` (default ``<dir>/report``):
 
 - ``summary.md``, ``summary.csv``: per setting and probe: final accuracy (mean, std over seeds), peak of the
   seed-mean curve and its step, drop from peak to final and the transient flag, onset step, number of seeds;
@@ -12,7 +12,7 @@ setting (see ``iclwl.analysis``) and writes to ``--out`` (default ``<dir>/report
   against step on the axis of the ICL and IWL accuracies, the onsets marked (docs/mechanisms.md);
 - ``families.md``, ``families.csv``, ``families.png`` (when the runs have the ``shots_k`` / ``distance_d`` probes,
   ``probes.families``): accuracy against the number of relevant items and against their distance from the
-  query, at a few steps of training (``iclwl.family_report``).
+  query, at a few steps of training (``iclwl.report.families``).
 
 A path, probe or coordinate that is not there stops it with one line and exit code 2.
 """
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from iclwl.analysis import (
+from iclwl.report.analysis import (
     DEFAULT_PROBES,
     GROUPS,
     ReportError,
@@ -37,13 +37,13 @@ from iclwl.analysis import (
     summarise,
     values_of,
 )
-from iclwl.family_report import family_table, format_families
-from iclwl.mechanism_report import format_mechanisms, mechanism_probes, mechanism_table
-from iclwl.plots import plot_families, plot_mechanisms, plot_phase, plot_settings
+from iclwl.report.families import family_table, format_families
+from iclwl.report.mechanisms import format_mechanisms, mechanism_probes, mechanism_table
+from iclwl.report.plots import plot_families, plot_mechanisms, plot_phase, plot_settings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m iclwl.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="iclwl-report", description=__doc__.split("\n\n")[0])
     p.add_argument("path", type=Path, help="a run directory, or a directory holding run directories (a sweep)")
     p.add_argument("--out", type=Path, help="where to write the report (default: <path>/report)")
     p.add_argument(

@@ -1,6 +1,6 @@
 """The fields of a metrics row, in one place: what each measurement is, and which fields are coordinates.
 
-A row of metrics.jsonl (``iclwl.records``) is the key ``step, member, probe``, the member's coordinates, and
+A row of metrics.jsonl (``iclwl.record.files``) is the key ``step, member, probe``, the member's coordinates, and
 measurements. Every reader takes its fields from here: W&B sends the numbers of ``MEASURES`` (and any other
 number a row carries), the report and ``iclwl.load_runs`` tell coordinates from measurements by ``COORDINATES``,
 the plots and the mechanism report pick their series by ``family``.
@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from data_gen import DYNAMIC_FIELDS
+from iclwl.config import OPTIM_FIELDS, SEED_COORDS
 
 ROW_KEY = ("step", "member", "probe")
-SEED_COORDS = ("seed", "data_seed")  # averaged over by reports: a setting is every coordinate but these
-OPTIM_COORDS = ("lr", "weight_decay")  # optimizer fields a sweep varies per member
+# SEED_COORDS are averaged over by reports: a setting is every coordinate but these
+OPTIM_COORDS = OPTIM_FIELDS  # optimizer fields a sweep varies per member
 # Every field a member's coordinates can hold: its seeds and the fields its sweep varies (task or optimizer).
 COORDINATES = (*SEED_COORDS, *DYNAMIC_FIELDS, *OPTIM_COORDS)
 
@@ -40,7 +41,7 @@ MEASURES = (
     Measure("acc_common", "group", "accuracy on the queries of the common frequency group; null without groups"),
     Measure("acc_rare", "group", "accuracy on the queries of the rare frequency group; null without groups"),
     Measure("stopped_at", "train", "the step a member stopped on a non-finite step; null while it trains"),
-    Measure("gate_iwl", "gate", "the gated model's mean weight on its in-weight path (iclwl.gated)"),
+    Measure("gate_iwl", "gate", "the gated model's mean weight on its in-weight path (iclwl.models.gated)"),
     Measure("induction", "attention", "induction score of the last layer's most inductive head"),
     Measure("prev_token", "attention", "previous-token score, the largest over the first layer's heads"),
     Measure("relevant_mass", "attention", "attention of the induction head on items of the query's class"),
@@ -62,7 +63,7 @@ def names(*families: Family, per_head: bool = False) -> tuple[str, ...]:
     return tuple(m.name for m in MEASURES if (not families or m.family in families) and m.per_head == per_head)
 
 
-# the mechanistic measures (iclwl.mechanisms; docs/mechanisms.md): numbers, and the per-(layer, head) lists
+# the mechanistic measures (iclwl.probes.mechanisms; docs/mechanisms.md): numbers, and the per-(layer, head) lists
 MECHANISM_SCALARS = names("attention", "source")
 MECHANISM_LISTS = names("attention", per_head=True)
 ATTENTION = names("attention")

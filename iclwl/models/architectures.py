@@ -11,9 +11,9 @@ from flax import nnx
 
 from data_gen import TaskStatic
 from iclwl.config import ModelConfig
-from iclwl.gated import Gated
-from iclwl.lstm import LSTM
-from iclwl.model import Transformer
+from iclwl.models.gated import Gated
+from iclwl.models.lstm import LSTM
+from iclwl.models.transformer import Transformer
 
 ARCHS = {"transformer": Transformer, "gated": Gated, "lstm": LSTM}
 

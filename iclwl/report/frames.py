@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from data_gen import DYNAMIC_FIELDS
-from iclwl.analysis import find_runs
-from iclwl.measures import OPTIM_COORDS
+from iclwl.record.measures import OPTIM_COORDS
+from iclwl.report.analysis import find_runs
 
 
 def load_runs(path: str | Path):

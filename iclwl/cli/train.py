@@ -24,12 +24,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from data_gen import ConfigError
-from iclwl.checkpoints import CheckpointError
-from iclwl.compose import CONFIG_PATH
+from iclwl.cli.compose import CONFIG_PATH
 from iclwl.config import from_dict, schema_dict
-from iclwl.preemption import Preempted
+from iclwl.record.checkpoints import CheckpointError
+from iclwl.record.rundir import RunDirError, RunIOError
 from iclwl.run import NonFiniteLoss, run
-from iclwl.rundir import RunDirError, RunIOError
+from iclwl.training.preemption import Preempted
 
 ConfigStore.instance().store(name="iclwl_schema", node=schema_dict())
 
@@ -83,7 +83,7 @@ def check_overrides(argv: list[str]) -> None:
     override is one line and exit code 2 rather than Hydra's report (multirun and Hydra's flags are left to it)."""
     if any(a.startswith("-") for a in argv):
         return
-    from iclwl.compose import ComposeError, compose
+    from iclwl.cli.compose import ComposeError, compose
 
     try:
         compose(argv)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from iclwl.analysis import Setting, Sweep, curves, describe, probes_of
+from iclwl.report.analysis import Setting, Sweep, curves, describe, probes_of
 
 FAMILIES = {"shots": re.compile(r"shots_(\d+)$"), "distance": re.compile(r"distance_(\d+)$")}
 AXIS = {"shots": "relevant items in the context (k)", "distance": "pairs between the relevant item and the query (d)"}

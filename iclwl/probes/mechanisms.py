@@ -1,7 +1,7 @@
 """Mechanistic measures of one probe set: what the attention heads look at, and where an answer comes from.
 
 Pure functions of a layer's attention weights, the batch's classes and labels, and the model's predictions; they
-run on the device inside the evaluation (``iclwl.probing``) and are tested on hand-built patterns.
+run on the device inside the evaluation (``iclwl.probes.evaluate``) and are tested on hand-built patterns.
 
 Token layout (``model.tokens``), context of L pairs, query last::
 
@@ -111,7 +111,7 @@ def attention_measures(weights: jax.Array, classes: jax.Array, tokens: Tokens) -
 
 
 def prediction_sources(pred: jax.Array, labels: jax.Array, classes: jax.Array, memorised: jax.Array) -> jax.Array:
-    """Shares of answers by source, in ``iclwl.measures.SOURCES`` order; they sum to 1.
+    """Shares of answers by source, in ``iclwl.record.measures.SOURCES`` order; they sum to 1.
 
     pred: (B,) answered labels; labels, classes: (B, L+1) (the last entries are the query's); memorised: (B, S)
     the labels the task's fixed map gives each query's class, -1 where there is none.

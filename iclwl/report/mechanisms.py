@@ -1,4 +1,4 @@
-"""The mechanisms part of the report (``iclwl.report``): ICL onset against the onsets of the induction and
+"""The mechanisms part of the report (``iclwl.cli.report``): ICL onset against the onsets of the induction and
 previous-token scores, final measures and prediction sources, per setting (docs/mechanisms.md).
 
 Written only where the runs logged the measures (``probes.mechanisms``, rows with ``induction``/``prev_token``).
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from iclwl.analysis import (
+from iclwl.record.measures import ATTENTION, SOURCES
+from iclwl.report.analysis import (
     DEFAULT_PROBES,
     ReportError,
     Sweep,
@@ -18,7 +19,6 @@ from iclwl.analysis import (
     onset_level,
     probes_of,
 )
-from iclwl.measures import ATTENTION, SOURCES
 
 
 def mechanism_probes(sweep: Sweep, asked: str | None) -> tuple[str, str, str, str] | None:

@@ -1,8 +1,9 @@
 """What an item token may read of its context, for predictors that compare items instead of reading tokens.
 
 The transformer answers at every item token of ``x1 y1 ... xL yL xq``: item token j (j = 0 .. L, the query is
-j = L) sees the (item, label) pairs i < j. The predictors of iclwl/reference.py and iclwl/gated.py answer at the
-same rows with the same causality, so ``query_only`` and ``train.context_loss`` mean the same for every arch.
+j = L) sees the (item, label) pairs i < j. The predictors of iclwl/models/reference.py and iclwl/models/gated.py
+answer at the same rows with the same causality, so ``query_only`` and ``train.context_loss`` mean the same for
+every arch.
 """
 
 from __future__ import annotations
