@@ -48,7 +48,7 @@ from flax import nnx
 from data_gen import TaskSpec, dynamic_part, make_universe, sample_batch
 from data_gen.presets import preset
 from iclwl.config import Config, ModelConfig, OptimConfig, TrainConfig, validate_config
-from iclwl.models.transformer import Transformer
+from iclwl.models.fast_paths import FastTransformer
 from iclwl.run import ensemble_static, eval_schedule
 from iclwl.training.optim import make_optimizer
 from iclwl.training.program import Ensemble, Program, member_inputs
@@ -106,7 +106,7 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
 def model_flops(cfg: Config) -> float:
     """FLOPs of one training step of one member (forward + backward of the model, from XLA's cost analysis)."""
     st = cfg.task
-    model = Transformer(cfg.model, st.D, st.n_labels, st.L, rngs=nnx.Rngs(0))
+    model = FastTransformer(cfg.model, st.D, st.n_labels, st.L, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     B = cfg.train.batch_size
     x, y = jnp.zeros((B, st.L + 1, st.D)), jnp.zeros((B, st.L + 1), jnp.int32)
@@ -229,7 +229,7 @@ class Baseline:
 
     def __init__(self, cfg: Config):
         st, self.cfg = cfg.task, cfg
-        model = Transformer(cfg.model, st.D, st.n_labels, st.L, rngs=nnx.Rngs(0))
+        model = FastTransformer(cfg.model, st.D, st.n_labels, st.L, rngs=nnx.Rngs(0))
         graphdef, self.params = nnx.split(model, nnx.Param)
         tx = make_optimizer(cfg.optim, cfg.train.steps, self.params)
         self.opt_state = tx.init(self.params)

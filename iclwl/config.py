@@ -48,6 +48,9 @@ class ModelConfig:
     )
     encoder_width: int = 32  # resnet: channels of the first stage; random: number of features
     encoder_stages: int = 2  # resnet: stages of two residual blocks, each after the first halving the resolution
+    # transformer: the same logits and gradients through cheaper products (iclwl/models/fast_paths.py); false runs
+    # the plain forward pass of iclwl/models/transformer.py, for a model changed there
+    fast_paths: bool = True
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from data_gen import TaskSpec, static_part
 from iclwl.config import ModelConfig
+from iclwl.models.architectures import build_model
+from iclwl.models.fast_paths import FastTransformer, Plan, plan
 from iclwl.models.transformer import Transformer
 
 L, D, V = 4, 5, 7
@@ -59,76 +62,72 @@ def test_query_only_matches_full(cfg):
     np.testing.assert_allclose(model(items, labels, query_only=True)[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
 
 
-FUSABLE = [
-    ModelConfig(pos="sinusoidal", layernorm="none"),
-    ModelConfig(pos="rotary", layernorm="none", n_heads=4, d_model=32),
-    ModelConfig(pos="onehot", layernorm="none", max_offset=5, mlp_ratio=0.0, readout_hidden=(16,)),
-    ModelConfig(pos="none", layernorm="none", n_layers=1),
-    ModelConfig(tokens="concat", pos="learned", layernorm="none"),
+# (config, the fast paths a query-only call takes): every combination of paths 2-4 (iclwl/models/fast_paths.py)
+FAST = [
+    (
+        ModelConfig(pos="onehot", layernorm="none", max_offset=5, mlp_ratio=0.0, readout_hidden=(16,)),
+        Plan(True, True, True),
+    ),  # Reddy 2023
+    (
+        ModelConfig(pos="learned", layernorm="none", mlp_ratio=0.0, n_heads=4, d_model=32, n_layers=3),
+        Plan(True, True, True),
+    ),
+    (ModelConfig(pos="sinusoidal", layernorm="none", mlp_ratio=0.0, n_heads=2, n_layers=1), Plan(True, False, True)),
+    (ModelConfig(pos="learned", layernorm="pre", n_heads=2), Plan(True, False, False)),  # LayerNorm
+    (ModelConfig(pos="none", layernorm="none", mlp_ratio=2.0, n_heads=2), Plan(True, False, True)),  # an MLP
+    (ModelConfig(tokens="concat", pos="learned", layernorm="none", mlp_ratio=0.0, n_heads=2), Plan(True, True, True)),
+    (ModelConfig(pos="rotary", layernorm="none", n_heads=4, d_model=32), Plan(False, False, True)),
+    (ModelConfig(pos="rotary", n_heads=4, d_model=32), Plan(False, False, False)),
+    (ModelConfig(pos="sinusoidal", layernorm="none"), Plan(True, False, True)),
+    (ModelConfig(pos="learned", readout_hidden=(16, 8)), Plan(True, False, False)),
 ]
 
 
-@pytest.mark.parametrize("cfg", FUSABLE, ids=lambda c: f"{c.pos}-{c.tokens}-L{c.n_layers}")
-@pytest.mark.parametrize("query_only", [False, True])
-def test_first_layer_from_projected_tables_matches_projecting_tokens(cfg, query_only):
-    """Without a LayerNorm before it, the first attention's q, k, v are summed from projected embedding tables;
-    logits and every gradient match the plain path (projecting the tokens) up to rounding."""
-    model = make(cfg)
-    assert model.fuse_first and not make(ModelConfig(layernorm="pre")).fuse_first
-    items, labels = inputs(2)
-    offset = jnp.array([0, 3, 5]) if cfg.max_offset else None
-    graphdef, params = nnx.split(model)
-
-    def loss(p, fuse):
-        m = nnx.merge(graphdef, p)
-        m.fuse_first = fuse
-        logits = m(items, labels, offset, query_only=query_only)
-        return jnp.sum(jnp.sin(logits)), logits
-
-    (_, fused), g_fused = jax.value_and_grad(loss, has_aux=True)(params, True)
-    (_, plain), g_plain = jax.value_and_grad(loss, has_aux=True)(params, False)
-    np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_plain), strict=True):
-        # float32 sums taken in another order: gradients of entries near 0 differ by a few ulps of the large ones
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5)
-
-
-READS_INPUTS = [
-    ModelConfig(pos="onehot", layernorm="none", max_offset=5, mlp_ratio=0.0, readout_hidden=(16,)),  # Reddy 2023
-    ModelConfig(pos="learned", layernorm="none", mlp_ratio=0.0, n_heads=4, d_model=32, n_layers=3),
-    ModelConfig(pos="sinusoidal", layernorm="none", mlp_ratio=0.0, n_heads=2, n_layers=1),
-    ModelConfig(pos="learned", layernorm="pre", n_heads=2),  # LayerNorm: the last layer reads, nothing deferred
-    ModelConfig(pos="none", layernorm="none", mlp_ratio=2.0, n_heads=2),  # an MLP: nothing deferred
-    ModelConfig(tokens="concat", pos="learned", layernorm="none", mlp_ratio=0.0, n_heads=2),
-]
-
-
-@pytest.mark.parametrize("cfg", READS_INPUTS, ids=lambda c: f"{c.pos}-{c.tokens}-{c.layernorm}-{c.n_layers}")
-def test_last_layer_reading_its_inputs_matches_projecting_every_token(cfg):
-    """The last attention of a query-only pass projects no keys or values of other tokens (and after an
-    attention-only layer, that layer's mixing and output projection wait for the query row): logits and
-    every gradient match the plain path up to rounding."""
-    model = make(cfg)
+@pytest.mark.parametrize(("cfg", "expected"), FAST, ids=lambda c: f"{c.pos}-{c.tokens}-{c.layernorm}-L{c.n_layers}"
+                         if isinstance(c, ModelConfig) else "")  # fmt: skip
+@pytest.mark.parametrize("mode", ["query_only", "every_item", "attention"])
+def test_fast_paths_match_the_plain_transformer(cfg, expected, mode):
+    """FastTransformer and Transformer with the same parameters: the same logits, attention weights and every
+    gradient, for the paths each config takes. In float64, so the two orders of the same sums agree to 1e-9."""
+    plain = make(cfg)
     T = 2 * L + 1 if cfg.tokens == "interleaved" else L + 1
-    assert model.blocks[-1].attn.reads_inputs(T, 1) and not model.blocks[-1].attn.reads_inputs(T, T)
+    query_only, return_attention = mode == "query_only", mode == "attention"
+    fast = FastTransformer(cfg, D, V, L, rngs=nnx.Rngs(0))
+    if query_only:
+        assert plan(fast, T, query_only=True) == expected
+    graphdef, params = nnx.split(plain)
+    fast_graphdef, fast_params = nnx.split(fast)
+    assert jax.tree.structure(params) == jax.tree.structure(fast_params)
     items, labels = inputs(3)
     offset = jnp.array([0, 3, 5]) if cfg.max_offset else None
-    graphdef, params = nnx.split(model)
 
-    def loss(p, reads):
-        m = nnx.merge(graphdef, p)
-        for block in m.blocks:
-            block.attn.can_read_inputs = reads
-        logits = m(items, labels, offset, query_only=True)
-        return jnp.sum(jnp.sin(3 * logits)), logits
+    def loss(p, g, items):
+        model = nnx.merge(g, p)
+        for _, module in nnx.iter_graph(model):  # an Embed casts its output to its dtype, float32 by default
+            if isinstance(module, nnx.Embed):
+                module.dtype = jnp.float64
+        out = model(items, labels, offset, query_only=query_only, return_attention=return_attention)
+        logits, att = out if return_attention else (out, jnp.zeros(()))
+        return jnp.sum(jnp.sin(3 * logits)) + jnp.sum(jnp.sin(5 * att)), out
 
-    (_, read), g_read = jax.value_and_grad(loss, has_aux=True)(params, True)
-    (_, plain), g_plain = jax.value_and_grad(loss, has_aux=True)(params, False)
-    np.testing.assert_allclose(read, plain, rtol=1e-5, atol=1e-5)
-    leaves = jax.tree.leaves(g_read)
+    with jax.enable_x64(True):
+        params, items = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (params, items))
+        (_, out_fast), g_fast = jax.value_and_grad(loss, has_aux=True)(params, fast_graphdef, items)
+        (_, out_plain), g_plain = jax.value_and_grad(loss, has_aux=True)(params, graphdef, items)
+    for a, b in zip(jax.tree.leaves(out_fast), jax.tree.leaves(out_plain), strict=True):
+        assert a.shape == b.shape and a.dtype == jnp.float64
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+    leaves = jax.tree.leaves(g_fast)
     assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
-    for a, b in zip(leaves, jax.tree.leaves(g_plain), strict=True):  # to rounding, relative to each array's scale
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(jnp.abs(b).max())))
+    for a, b in zip(leaves, jax.tree.leaves(g_plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_the_switch_picks_the_path():
+    """model.fast_paths chooses the class a run builds; both have the same parameters."""
+    st = static_part(TaskSpec(L=L, D=D))
+    assert type(build_model(ModelConfig(), st, jax.random.key(0))) is FastTransformer
+    assert type(build_model(ModelConfig(fast_paths=False), st, jax.random.key(0))) is Transformer
 
 
 def test_attention_weights_are_causal_distributions():
