@@ -28,8 +28,9 @@ from omegaconf import OmegaConf
 
 from data_gen import make_universe
 from iclwl.config import Config, from_dict, schema_dict
-from iclwl.run import ensemble_static, eval_schedule
+from iclwl.run import ensemble_static
 from iclwl.training.program import Program, compiled, member_inputs
+from iclwl.training.schedule import eval_schedule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -70,9 +71,9 @@ def main() -> None:
     median = {on: statistics.median(t) for on, t in times.items()}
     n = base.train.chunk_steps
     state = ens.init(init)
-    jax.block_until_ready(ens.chunk(uni, state, mem, jnp.int32(0), jnp.int32(n), n=n)[1])  # compile
+    jax.block_until_ready(ens.chunk(uni, state, mem, jnp.int32(0), jnp.int32(n), n=n)[0])  # compile
     t0 = time.perf_counter()
-    jax.block_until_ready(ens.chunk(uni, ens.init(init), mem, jnp.int32(0), jnp.int32(n), n=n)[1])
+    jax.block_until_ready(ens.chunk(uni, ens.init(init), mem, jnp.int32(0), jnp.int32(n), n=n)[0])
     chunk_s = time.perf_counter() - t0
     evals = len(eval_schedule(base.train.steps, base.probes.n_log, base.probes.every))
     print(f"config: {base.name}, {len(init)} member(s), n_eval {base.probes.n_eval}, tokens {base.model.tokens}, "

@@ -49,9 +49,10 @@ from data_gen import TaskSpec, dynamic_part, make_universe, sample_batch
 from data_gen.presets import preset
 from iclwl.config import Config, ModelConfig, OptimConfig, TrainConfig, validate_config
 from iclwl.models.fast_paths import FastTransformer
-from iclwl.run import ensemble_static, eval_schedule
+from iclwl.run import ensemble_static
 from iclwl.training.optim import make_optimizer
 from iclwl.training.program import Ensemble, Program, member_inputs
+from iclwl.training.schedule import eval_schedule
 from iclwl.training.sharding import place, use_cpu_devices
 
 SETTINGS = {
@@ -148,9 +149,9 @@ class LibraryRun:
     def call(self, steps: int) -> float:
         """Seconds for the next ``steps`` steps of every member (one call of the chunk)."""
         start = time.perf_counter()
-        self.state, out = self.ens.chunk(self.uni, self.state, self.mem, jnp.int32(self.t),
-                                         jnp.int32(self.t + steps), n=steps)  # fmt: skip
-        jax.block_until_ready(out)
+        self.state, _ = self.ens.chunk(self.uni, self.state, self.mem, jnp.int32(self.t),
+                                       jnp.int32(self.t + steps), n=steps)  # fmt: skip
+        jax.block_until_ready(self.state)
         self.t += steps
         return time.perf_counter() - start
 

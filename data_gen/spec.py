@@ -14,14 +14,13 @@ nothing reaches JAX that could fail deep inside a trace.
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
+import typing
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import jax.numpy as jnp
 
-from data_gen.errors import ConfigError
+from data_gen.errors import ConfigError, check_type
 
 Prototype = Literal["gaussian", "unit"]
 Noise = Literal["reddy", "additive", "none"]
@@ -34,7 +33,41 @@ Placement = Literal["random", "distance"]
 
 
 @dataclass(frozen=True)
-class TaskSpec:
+class StaticFields:
+    """The fields of a task that are compiled in, shared by ``TaskSpec`` (which documents them) and ``TaskStatic``."""
+
+    seed: int = 0
+    L: int = 8
+    D: int = 63
+    n_labels: int = 32
+    n_classes: int = 576
+    n_holdout: int = 64
+    prototype: Prototype = "gaussian"
+    noise: Noise = "reddy"
+    exemplars: int = 0
+    probe_exemplars: int = 0
+    items: Items = "gaussian"
+    image_path: str | None = None
+    image_size: int = 28
+    augment: Augment = "none"
+    label_map: LabelMap = "modulo"
+    polysemy: int = 1
+    burst_form: BurstForm = "reddy"
+    B: int = 2
+    shots: int = 3
+    ways: int = 2
+    frequency: Frequency = "zipf"
+    placement: Placement = "random"
+    query_all_classes: bool = False
+
+    @property
+    def max_classes(self) -> int:
+        """Training classes available (the static maximum of K)."""
+        return self.n_classes - self.n_holdout
+
+
+@dataclass(frozen=True)
+class TaskSpec(StaticFields):
     """One synthetic ICL/IWL task. Field names follow the papers (see docs/data_gen.md for the mapping).
 
     Static (shape-changing) fields:
@@ -76,30 +109,6 @@ class TaskSpec:
     sequences every step), p_novel, label_noise.
     """
 
-    seed: int = 0
-    L: int = 8
-    D: int = 63
-    n_labels: int = 32
-    n_classes: int = 576
-    n_holdout: int = 64
-    prototype: Prototype = "gaussian"
-    noise: Noise = "reddy"
-    exemplars: int = 0
-    probe_exemplars: int = 0
-    items: Items = "gaussian"
-    image_path: str | None = None
-    image_size: int = 28
-    augment: Augment = "none"
-    label_map: LabelMap = "modulo"
-    polysemy: int = 1
-    burst_form: BurstForm = "reddy"
-    B: int = 2
-    shots: int = 3
-    ways: int = 2
-    frequency: Frequency = "zipf"
-    placement: Placement = "random"
-    query_all_classes: bool = False
-    # dynamic
     K: int | None = None
     alpha: float = 0.0
     p_high: float = 0.9
@@ -114,11 +123,6 @@ class TaskSpec:
     label_noise: float = 0.0
 
     @property
-    def max_classes(self) -> int:
-        """Training classes available (the static maximum of K)."""
-        return self.n_classes - self.n_holdout
-
-    @property
     def relevance(self) -> bool:
         """Whether p_relevant controls the non-bursty contexts."""
         return self.p_relevant is not None
@@ -131,39 +135,14 @@ DYNAMIC_FIELDS = (
 
 
 @dataclass(frozen=True)
-class TaskStatic:
-    """The compiled-in part of a task: shapes, forms, and which optional controls are switched on."""
+class TaskStatic(StaticFields):
+    """The compiled-in part of a task: its static fields, and which optional controls the dynamic ones switch on.
 
-    seed: int
-    L: int
-    D: int
-    n_labels: int
-    n_classes: int
-    n_holdout: int
-    prototype: Prototype
-    noise: Noise
-    exemplars: int
-    probe_exemplars: int
-    items: Items
-    image_path: str | None
-    image_size: int
-    augment: Augment
-    label_map: LabelMap
-    polysemy: int
-    burst_form: BurstForm
-    B: int
-    shots: int
-    ways: int
-    frequency: Frequency
-    placement: Placement
-    query_all_classes: bool
-    relevance: bool  # p_relevant is set: non-bursty contexts control the query class's presence
-    exact_relevant: bool  # L_relevant is set
-    novel: bool  # p_novel > 0: some training sequences use fresh classes
+    Hashable, so programs take it as a static argument; it holds no dynamic value, so none is compiled in."""
 
-    @property
-    def max_classes(self) -> int:
-        return self.n_classes - self.n_holdout
+    relevance: bool = False  # p_relevant is set: non-bursty contexts control the query class's presence
+    exact_relevant: bool = False  # L_relevant is set
+    novel: bool = False  # p_novel > 0: some training sequences use fresh classes
 
 
 class TaskParams(NamedTuple):
@@ -184,10 +163,8 @@ class TaskParams(NamedTuple):
 
 
 def static_part(spec: TaskSpec) -> TaskStatic:
-    flags = ("relevance", "exact_relevant", "novel")
-    names = [f.name for f in dataclasses.fields(TaskStatic) if f.name not in flags]
     return TaskStatic(
-        **{n: getattr(spec, n) for n in names},
+        **{f.name: getattr(spec, f.name) for f in dataclasses.fields(StaticFields)},
         relevance=spec.p_relevant is not None,
         exact_relevant=spec.L_relevant is not None,
         novel=spec.p_novel > 0,
@@ -243,26 +220,9 @@ def _classes_needed(spec: TaskSpec) -> int:
 
 
 def _check_type(spec: TaskSpec) -> None:
+    hints = typing.get_type_hints(TaskSpec)
     for f in dataclasses.fields(TaskSpec):
-        v = getattr(spec, f.name)
-        ann = str(f.type)
-        if v is None and "None" in ann:
-            continue
-        if ann == "bool":
-            ok, rule = isinstance(v, bool), "must be true or false"
-        elif ann.startswith("int"):
-            ok = isinstance(v, numbers.Integral) and not isinstance(v, bool)
-            rule = "must be an integer"
-        elif ann.startswith("str"):
-            ok, rule = isinstance(v, str), "must be a string"
-        elif ann.startswith("float"):
-            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-            rule = "must be a finite number"
-        else:  # a Literal alias
-            choices = globals()[ann].__args__
-            ok, rule = v in choices, f"must be one of {', '.join(choices)}"
-        if not ok:
-            raise ConfigError(f"task.{f.name}", v, rule)
+        check_type(f"task.{f.name}", getattr(spec, f.name), hints[f.name])
 
 
 def validate(spec: TaskSpec) -> TaskSpec:

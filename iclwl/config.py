@@ -11,12 +11,12 @@ import dataclasses
 import difflib
 import itertools
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from data_gen import DYNAMIC_FIELDS, ConfigError, TaskSpec, validate
+from data_gen.errors import check_type
 
 Arch = Literal["transformer", "gated", "lstm"]
 
@@ -197,48 +197,6 @@ class Config:
 # ------------------------------------------------------------------------------------------ dict -> dataclass
 
 
-def _coerce(path: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against the annotation ``tp`` and convert lists to tuples."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(path, value, inner)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(path, value, f"must be one of {', '.join(map(str, args))}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(path, value, "must be a list")
-        inner = args[0]
-        return tuple(_coerce(f"{path}[{i}]", v, inner) for i, v in enumerate(value))
-    if tp is Any:
-        return tuple(value) if isinstance(value, list) else value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(path, value, "must be true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, value, "must be an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(path, value, "must be a number")
-        if not math.isfinite(value):
-            raise ConfigError(path, value, "must be a finite number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(path, value, "must be a string")
-        return value
-    if dataclasses.is_dataclass(tp):
-        return _build(path, tp, value)
-    raise TypeError(f"{path}: unsupported annotation {tp}")  # a bug in this file, not in the user's config
-
-
 def _build(path: str, cls: type, data: Any) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(path, data, "must be a mapping")
@@ -251,8 +209,20 @@ def _build(path: str, cls: type, data: Any) -> Any:
             raise ConfigError(
                 f"{path}.{key}".lstrip("."), data[key], f"is not a setting of {path or 'the config'}{hint}"
             )
-    kwargs = {k: _coerce(f"{path}.{k}".lstrip("."), v, hints[k]) for k, v in data.items()}
+    kwargs = {k: check_type(f"{path}.{k}".lstrip("."), v, hints[k], _build) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"task": {"L": 8}}`` -> ``{"task.L": 8}``; lists become tuples so values can be compared and hashed."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = tuple(value) if isinstance(value, list) else value
+    return flat
 
 
 def schema_dict() -> dict:

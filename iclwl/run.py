@@ -24,7 +24,7 @@ from tqdm import tqdm
 from data_gen import ConfigError, TaskStatic
 from iclwl.config import Config, member_config, members, static_knobs
 from iclwl.probes.evaluate import ProbeMetrics, probe_list
-from iclwl.record.checkpoints import CheckpointError, Checkpoints, checkpoint_steps, resume_conflicts
+from iclwl.record.checkpoints import CheckpointError, Checkpoints, resume_conflicts
 from iclwl.record.files import MetricsFile, format_table, provenance, read_metrics, truncate_metrics, write_config
 from iclwl.record.rows import probe_rows, train_rows
 from iclwl.record.rundir import check_target, owned, prepare, writing
@@ -35,15 +35,8 @@ from iclwl.training.compile_cache import use_compile_cache
 from iclwl.training.groups import Groups, check_universes_fit, fit_groups
 from iclwl.training.preemption import Preempted, StopRequests
 from iclwl.training.program import Meter, Program, compiled, ensemble_static, member_inputs, shared_universe
+from iclwl.training.schedule import checkpoint_steps, eval_schedule
 from iclwl.training.sharding import use_cpu_devices
-
-
-def eval_schedule(total: int, n_log: int, every: int) -> np.ndarray:
-    """Steps after which the probes run: 0, n_log log-spaced steps, every ``every`` steps, and the last."""
-    every = every or max(total // 10, 1)
-    log = np.round(np.geomspace(1, total, n_log)) if n_log else []
-    steps = np.unique(np.concatenate([[0, total], log, np.arange(every, total + 1, every)]).astype(np.int64))
-    return steps[(steps >= 0) & (steps <= total)]
 
 
 class NonFiniteLoss(Exception):

@@ -173,7 +173,7 @@ def test_non_finite_member_stops_alone_and_keeps_its_last_good_state():
     good = jax.device_get(state.params)
     poison = jax.tree.map(lambda x: x.at[1].multiply(jnp.inf) if x.dtype == jnp.float32 else x, state.opt_state)
     state = state._replace(opt_state=poison)  # member 1's next update is inf
-    state, out = ens.chunk(uni, state, mem, jnp.int32(3), jnp.int32(5), n=7)
+    state, out = ens.chunk(uni, state, mem, jnp.int32(3), jnp.int32(5), n=7, trace=True)
     h = jax.device_get(state.health)
     assert list(h.alive) == [True, False] and int(h.bad_step[1]) == 4 and int(h.bad_step[0]) == -1
     assert list(np.asarray(out.trained)[:2, 1]) == [False, False] and np.asarray(out.trained)[:2, 0].all()

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from data_gen import ConfigError
+from data_gen import ConfigError, TaskSpec, validate
 from data_gen.presets import PRESETS
 from iclwl.config import from_dict, members, schema_dict
 
@@ -78,6 +78,19 @@ def test_bad_config_is_refused(override, field, rule):
         from_dict(data)
     assert err.value.field == field
     assert rule in str(err.value)
+
+
+@pytest.mark.parametrize(("field", "value"), [("L", 8.5), ("alpha", float("inf")), ("alpha", "big"),
+                                             ("prototype", "round"), ("query_all_classes", 1), ("image_path", 3),
+                                             ("K", "all"), ("p_relevant", True)])  # fmt: skip
+def test_a_task_built_in_python_is_refused_as_its_config_is(field, value):
+    """One type check: TaskSpec(...) through validate and the same field through the config give one message."""
+    with pytest.raises(ConfigError) as in_python:
+        validate(TaskSpec(**{field: value}))
+    with pytest.raises(ConfigError) as in_config:
+        from_dict({"task": {field: value}})
+    assert str(in_python.value) == str(in_config.value)
+    assert str(in_python.value).startswith(f"task.{field} = {value!r}: must be")
 
 
 def test_members_are_the_product_of_sweeps_times_seeds():

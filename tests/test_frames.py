@@ -75,3 +75,29 @@ def test_two_crossed_coordinates_make_a_grid_and_zipped_ones_wrap():
     assert grid_of(zipped).cols == [] and (grid_of(zipped).nrows, grid_of(zipped).ncols) == (1, 2)
     five = [(("K", k),) for k in range(5)]
     assert (grid_of(five).nrows, grid_of(five).ncols, grid_of(five).place[(("K", 4),)]) == (2, 4, (1, 0))
+
+
+def test_every_report_figure_has_one_legend_below_its_panels():
+    """Curves, mechanisms and families: one figure legend, each label once, and no legend inside a panel."""
+    import numpy as np
+
+    from iclwl.report.analysis import Curve
+    from iclwl.report.plots import plot_families, plot_mechanisms
+
+    settings = [(("K", 512),), (("K", 2048),)]
+    steps = np.array([0, 10, 100])
+    curve = Curve(steps, [np.array([0.1, 0.2]), np.array([0.3, 0.4]), np.array([0.8, 0.9])])
+    series = ["icl_novel", "iwl_no_support", "icl_novel:induction", "icl_novel:prev_token", "icl_flip:src_same_class",
+              "icl_flip:src_context"]  # fmt: skip
+    curves = {(s, name): curve for s in settings for name in series}
+    chance = dict.fromkeys(settings, 1 / 32)
+    onsets = [{"key": s, "icl_onset": 10, "induction_onset": 100} for s in settings]
+    families = [{"key": s, "family": f, "step": step, "k": k, "mean": 0.5, "min": 0.4, "max": 0.6}
+                for s in settings for f in ("shots", "distance") for step in (1, 100) for k in (1, 2)]  # fmt: skip
+    figures = [plot_settings(curves, ["icl_novel", "iwl_no_support"], chance),
+               plot_mechanisms(curves, onsets, ("icl_novel", "iwl_no_support", "icl_novel", "icl_flip"), chance),
+               plot_families(families, chance)]  # fmt: skip
+    for fig in figures:
+        assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert len(labels) == len(set(labels)) >= 3 and "chance" in labels

@@ -9,8 +9,9 @@ import numpy as np
 
 from data_gen import TaskSpec, make_universe
 from iclwl.config import Config, ModelConfig, OptimConfig, ProbeConfig, TrainConfig, validate_config
-from iclwl.run import ensemble_static, eval_schedule, run
+from iclwl.run import ensemble_static, run
 from iclwl.training.program import Program, compiled, member_inputs, streams
+from iclwl.training.schedule import eval_schedule
 
 TINY_TASK = TaskSpec(L=4, D=8, n_labels=8, n_classes=40, n_holdout=8, B=2, noise_scale=0.1)
 TINY_MODEL = ModelConfig(n_layers=2, n_heads=1, d_model=16, mlp_ratio=2.0)
@@ -35,7 +36,7 @@ def train(cfg: Config, seeds: list[int], steps: int):
     state = ens.init(init)
     outs = []
     for t in range(0, steps, cfg.train.chunk_steps):
-        state, out = ens.chunk(uni, state, mem, jnp.int32(t), jnp.int32(steps), n=cfg.train.chunk_steps)
+        state, out = ens.chunk(uni, state, mem, jnp.int32(t), jnp.int32(steps), n=cfg.train.chunk_steps, trace=True)
         outs.append(out)
     return state, jax.tree.map(lambda *xs: np.concatenate(xs), *outs), ens.evaluate(uni, state.params, mem)
 

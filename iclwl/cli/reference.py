@@ -23,9 +23,9 @@ from iclwl.cli.compose import ComposeError, compose
 from iclwl.config import Config, members
 from iclwl.models.reference import PREDICTORS, make_predictor
 from iclwl.probes.evaluate import ProbeMetrics, evaluate_member, probe_list
-from iclwl.record.measures import ROW_KEY, SEED_COORDS, is_measurement
+from iclwl.record.markdown import markdown_table
+from iclwl.record.measures import ROW_KEY, SEED_COORDS, describe, is_measurement
 from iclwl.record.rows import probe_rows
-from iclwl.report.analysis import describe
 from iclwl.training.program import MemberInputs, ensemble_static, member_inputs, shared_universe
 
 
@@ -59,11 +59,9 @@ def format_reference(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         setting = describe(tuple((k, v) for k, v in r.items() if k not in fixed and not is_measurement(k, v)))
         acc[(r["predictor"], setting)][r["probe"]].append(r["acc"])
-    lines = ["| predictor | setting | " + " | ".join(probes) + " |", "|---|---|" + "---|" * len(probes)]
-    for (predictor, setting), by_probe in acc.items():
-        cells = [f"{np.mean(by_probe[p]):.3f}" if p in by_probe else "" for p in probes]
-        lines.append(f"| {predictor} | {setting} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [(predictor, setting, *(f"{np.mean(by_probe[p]):.3f}" if p in by_probe else "" for p in probes))
+            for (predictor, setting), by_probe in acc.items()]  # fmt: skip
+    return markdown_table(("predictor", "setting", *probes), rows)
 
 
 def main(argv: list[str] | None = None) -> None:

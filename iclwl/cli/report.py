@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from iclwl.record.markdown import markdown_table
 from iclwl.report.analysis import (
     DEFAULT_PROBES,
     GROUPS,
@@ -132,18 +133,15 @@ def format_markdown(table: list[dict[str, Any]], drop_threshold: float) -> str:
     lines = [
         f"drop = peak - final (of the seed mean); transient: drop > {drop_threshold:g}. "
         "onset: first step where the seed mean reaches the level in brackets.",
-        "",
-        "| setting | probe | final (mean ± std) | peak (step) | drop | transient | onset (level) | seeds |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for t in table:
         onset = "never" if t["onset_step"] is None else str(t["onset_step"])
-        lines.append(
-            f"| {t['setting']} | {t['probe']} | {t['final']:.3f} ± {t['final_std']:.3f} | {t['peak']:.3f} "
-            f"({t['peak_step']}) | {t['drop']:.3f} | {'yes' if t['transient'] else 'no'} | {onset} "
-            f"(≥{t['onset_level']:.3f}) | {t['seeds']} |"
-        )
-    return "\n".join(lines) + "\n"
+        rows.append((t["setting"], t["probe"], f"{t['final']:.3f} ± {t['final_std']:.3f}",
+                     f"{t['peak']:.3f} ({t['peak_step']})", f"{t['drop']:.3f}", "yes" if t["transient"] else "no",
+                     f"{onset} (≥{t['onset_level']:.3f})", t["seeds"]))  # fmt: skip
+    header = ("setting", "probe", "final (mean ± std)", "peak (step)", "drop", "transient", "onset (level)", "seeds")
+    return "\n".join([*lines, "", markdown_table(header, rows)]) + "\n"
 
 
 SUMMARY_FIELDS = ["probe", "final", "final_std", "final_step", "peak", "peak_step", "drop", "transient", "onset_level",

@@ -37,7 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from iclwl.config import CheckpointConfig, Config
+from iclwl.config import CheckpointConfig, Config, flatten
 from iclwl.record.rundir import RunIOError
 
 
@@ -63,14 +63,6 @@ MEANING = (
     "train.data_seeds",
     "train.context_loss",
 )
-
-
-def checkpoint_steps(cfg: CheckpointConfig, total: int, evals: np.ndarray) -> tuple[np.ndarray, set[int]]:
-    """Steps to save at (always including the last) and the log-spaced ones that are never deleted."""
-    rolling = np.arange(cfg.every, total + 1, cfg.every) if cfg.every else evals[evals > 0]
-    forever = np.unique(np.round(np.geomspace(1, total, cfg.log_spaced)).astype(np.int64)) if cfg.log_spaced else []
-    steps = np.unique(np.concatenate([rolling, forever, [total]]).astype(np.int64))
-    return steps, {int(s) for s in forever}
 
 
 class Checkpoints:
@@ -201,20 +193,13 @@ def _verify(step_dir: Path) -> None:
             raise ValueError(f"{name} is {'missing' if name not in have else 'changed since it was written'}")
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def resume_conflicts(saved: dict[str, Any], cfg: Config) -> list[str]:
     """Settings that differ between the checkpoint's config and ``cfg`` and would change its meaning.
 
     A setting added to the schema after the checkpoint was written (``model.arch``) counts at its default there.
     """
-    now = _flat(json.loads(json.dumps(dataclasses.asdict(cfg))))
-    before = {**_flat(json.loads(json.dumps(dataclasses.asdict(Config())))), **_flat(saved)}
+    now = flatten(json.loads(json.dumps(dataclasses.asdict(cfg))))
+    before = {**flatten(json.loads(json.dumps(dataclasses.asdict(Config())))), **flatten(saved)}
     keys = sorted(set(now) | set(before))
     meaning = [k for k in keys if any(k == m or k.startswith(m + ".") for m in MEANING)]
     return [f"{k}={before.get(k)!r} -> {now.get(k)!r}" for k in meaning if before.get(k) != now.get(k)]

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from iclwl.record.markdown import markdown_table
+
 
 class MetricsFile:
     """Appends rows to metrics.jsonl, flushed after every chunk so a stopped run keeps what it measured."""
@@ -122,14 +124,8 @@ def provenance() -> dict[str, Any]:
     }
 
 
-# coordinates that tell repeats of one setting apart (train.seeds and train.data_seeds), never part of a setting
-
-
 def format_table(table: list[dict[str, Any]]) -> str:
-    lines = ["| setting | probe | final acc | peak acc (step) | seeds |", "|---|---|---|---|---|"]
-    for t in table:
-        lines.append(
-            f"| {t['setting']} | {t['probe']} | {t['final']:.3f} ± {t['final_std']:.3f} "
-            f"| {t['peak']:.3f} ({t['peak_step']}) | {t['seeds']} |"
-        )
-    return "\n".join(lines)
+    """The run's summary.md: final and peak accuracy per setting and probe."""
+    rows = [(t["setting"], t["probe"], f"{t['final']:.3f} ± {t['final_std']:.3f}",
+             f"{t['peak']:.3f} ({t['peak_step']})", t["seeds"]) for t in table]  # fmt: skip
+    return markdown_table(("setting", "probe", "final acc", "peak acc (step)", "seeds"), rows)

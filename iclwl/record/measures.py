@@ -70,6 +70,16 @@ ATTENTION = names("attention")
 SOURCES = tuple(n.removeprefix("src_") for n in names("source"))
 
 
+def value_text(coord: str, value: object) -> str:
+    """A coordinate's value as people write it: an unset training-set size N is an infinite set."""
+    return "∞" if value is None and coord.split(".")[-1] == "N" else str(value)
+
+
+def describe(setting: tuple[tuple[str, object], ...], empty: str = "-") -> str:
+    """Coordinates as people write them, ``p_relevant=0.9, N=∞``; ``empty`` when there are none."""
+    return ", ".join(f"{k}={value_text(k, v)}" for k, v in setting) or empty
+
+
 def is_coordinate(field: str) -> bool:
     return field in COORDINATES
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from data_gen import ConfigError
 from iclwl.config import WandbConfig
-from iclwl.record.measures import SEED_COORDS, is_measurement
+from iclwl.record.measures import SEED_COORDS, describe, is_measurement
 
 IDS_FILE = "wandb_ids.json"
 SUMMARY_LEFT_OUT = ("setting",)  # the text of the coordinates, which are columns of their own
@@ -150,7 +150,7 @@ class WandbSink:
         for i, members in enumerate(self.run_members):
             if self.cfg.per_member:
                 top, run_config = {**static, **members[0], "member": i}, configs[i]
-                label = f"{name} m{i} " + " ".join(f"{k}={v}" for k, v in members[0].items())
+                label = f"{name} m{i} " + describe(tuple(members[0].items()))
             else:  # one run for every member: the base config, each member's values under members
                 top, label, run_config = {**static, "members": coords}, name, configs[0]
             run = wandb.init(

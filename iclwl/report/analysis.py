@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from iclwl.config import flatten
 from iclwl.record.files import read_metrics
-from iclwl.record.measures import MECHANISM_SCALARS, ROW_KEY, SEED_COORDS, is_measurement
+from iclwl.record.measures import MECHANISM_SCALARS, ROW_KEY, SEED_COORDS, describe, is_measurement
 
 # Config fields that never make two runs different settings: bookkeeping, or already a row coordinate
 # (the sweep lists and seeds reappear per row as each member's own value).
@@ -81,18 +82,6 @@ class Curve:
         return np.array([v.mean() for v in self.values])
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"task": {"L": 8}}`` -> ``{"task.L": 8}``; lists become tuples so values can be compared and hashed."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = tuple(value) if isinstance(value, list) else value
-    return flat
-
-
 def find_runs(root: Path) -> list[Run]:
     """Every run directory at or below ``root``, in path order."""
     if not root.exists():
@@ -145,7 +134,7 @@ def combine(runs: list[Run]) -> Sweep:
             setting = _setting(row, coords)
             key = (setting, *(row.get(c) for c in SEED_COORDS))
             if owner.setdefault(key, run.path) != run.path:
-                seeds = ", ".join(f"{c}={row.get(c)}" for c in SEED_COORDS if c in row)
+                seeds = describe(tuple((c, row[c]) for c in SEED_COORDS if c in row))
                 raise ReportError(
                     f"{owner[key]} and {run.path}: both hold {seeds} of "
                     f"{describe(setting)}; expected each seed of a setting once (report them apart)"
@@ -184,16 +173,6 @@ def _config_value(config: dict[str, Any], coord: str) -> Any:
 
 def _setting(row: dict[str, Any], coords: list[str]) -> Setting:
     return tuple((c, row[c]) for c in coords)
-
-
-def describe(setting: Setting, empty: str = "-") -> str:
-    """A setting as people write it, ``p_relevant=0.9, N=∞``; ``empty`` when it has no coordinates."""
-    return ", ".join(f"{k}={value_text(k, v)}" for k, v in setting) or empty
-
-
-def value_text(coord: str, value: Any) -> str:
-    """A coordinate's value as people write it: an unset training-set size N is an infinite set."""
-    return "∞" if value is None and coord.split(".")[-1] == "N" else str(value)
 
 
 def probes_of(sweep: Sweep) -> list[str]:

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from iclwl.report.analysis import Setting, Sweep, curves, describe, probes_of
+from iclwl.record.markdown import markdown_table
+from iclwl.record.measures import describe
+from iclwl.report.analysis import Setting, Sweep, curves, probes_of
 
 FAMILIES = {"shots": re.compile(r"shots_(\d+)$"), "distance": re.compile(r"distance_(\d+)$")}
 AXIS = {"shots": "relevant items in the context (k)", "distance": "pairs between the relevant item and the query (d)"}
@@ -71,12 +73,10 @@ def format_families(table: list[dict[str, Any]]) -> str:
         rows = [t for t in table if t["family"] == family]
         ks = sorted({t["k"] for t in rows})
         symbol = "k" if family == "shots" else "d"
-        lines += [f"## accuracy against {family}: {AXIS[family]} (seed mean)", "",
-                  "| setting | step | " + " | ".join(f"{symbol}={k}" for k in ks) + " |",
-                  "|---|---|" + "---|" * len(ks)]  # fmt: skip
+        cells = []
         for setting, step in dict.fromkeys((t["setting"], t["step"]) for t in rows):
             cell = {t["k"]: t["mean"] for t in rows if t["setting"] == setting and t["step"] == step}
-            values = " | ".join(f"{cell[k]:.3f}" if k in cell else "" for k in ks)
-            lines.append(f"| {setting} | {step} | {values} |")
-        lines.append("")
+            cells.append((setting, step, *(f"{cell[k]:.3f}" if k in cell else "" for k in ks)))
+        header = ("setting", "step", *(f"{symbol}={k}" for k in ks))
+        lines += [f"## accuracy against {family}: {AXIS[family]} (seed mean)", "", markdown_table(header, cells), ""]
     return "\n".join(lines)

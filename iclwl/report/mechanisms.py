@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from iclwl.record.measures import ATTENTION, SOURCES
+from iclwl.record.markdown import markdown_table
+from iclwl.record.measures import ATTENTION, SOURCES, describe
 from iclwl.report.analysis import (
     DEFAULT_PROBES,
     ReportError,
     Sweep,
     curves,
-    describe,
     first_step_at,
     onset_level,
     probes_of,
@@ -85,19 +85,17 @@ def format_mechanisms(table: list[dict[str, Any]], probes: tuple[str, str, str, 
         f"{measure_level:g}. Scores are the last layer's best induction head and the first layer's best "
         "previous-token head (docs/mechanisms.md).",
         "",
-        f"| setting | ICL onset | induction onset | prev-token onset | final {icl} acc | final {iwl} acc "
-        "| final induction | final prev_token | final relevant / irrelevant mass |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for t in table:
-        lines.append(
-            f"| {t['setting']} | {step(t['icl_onset'])} | {step(t['induction_onset'])} "
-            f"| {step(t['prev_token_onset'])} | {num(t['final_icl'])} | {num(t['final_iwl'])} "
-            f"| {num(t['final_induction'])} | {num(t['final_prev_token'])} "
-            f"| {num(t['final_relevant_mass'])} / {num(t['final_irrelevant_mass'])} |"
-        )
-    lines += ["", f"Where the final answers on {sourced} come from (shares of the answers, in order of precedence):",
-              "", "| setting | " + " | ".join(SOURCES) + " |", "|---|" + "---|" * len(SOURCES)]  # fmt: skip
-    for t in table:
-        lines.append(f"| {t['setting']} | " + " | ".join(num(t[f"final_src_{s}"]) for s in SOURCES) + " |")
+        markdown_table(
+            ("setting", "ICL onset", "induction onset", "prev-token onset", f"final {icl} acc", f"final {iwl} acc",
+             "final induction", "final prev_token", "final relevant / irrelevant mass"),
+            [(t["setting"], step(t["icl_onset"]), step(t["induction_onset"]), step(t["prev_token_onset"]),
+              num(t["final_icl"]), num(t["final_iwl"]), num(t["final_induction"]), num(t["final_prev_token"]),
+              f"{num(t['final_relevant_mass'])} / {num(t['final_irrelevant_mass'])}") for t in table],
+        ),
+        "",
+        f"Where the final answers on {sourced} come from (shares of the answers, in order of precedence):",
+        "",
+        markdown_table(("setting", *SOURCES),
+                       [(t["setting"], *(num(t[f"final_src_{s}"]) for s in SOURCES)) for t in table]),
+    ]  # fmt: skip
     return "\n".join(lines) + "\n"

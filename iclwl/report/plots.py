@@ -20,7 +20,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from iclwl.report.analysis import Setting, describe, sort_key, value_text
+from iclwl.record.measures import describe, value_text
+from iclwl.report.analysis import Setting, sort_key
 
 STYLE = {
     "icl_novel": ("tab:blue", "-"),
@@ -56,6 +57,14 @@ def _step_axis(ax, label: bool = True) -> None:
         ax.set_xlabel("training step", fontsize=8)
 
 
+def _accuracy_axis(ax, chance: float | None = None) -> None:
+    """An axis of accuracies or shares: [0, 1] with a margin, a light grid, chance as a dashed grey line."""
+    if chance is not None:
+        ax.axhline(chance, color="gray", lw=0.8, ls="--", label="chance")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+
+
 def _shared_legend(fig: Figure, axes) -> None:
     """One legend for every panel, below them (each label once)."""
     entries: dict[str, Any] = {}
@@ -63,8 +72,9 @@ def _shared_legend(fig: Figure, axes) -> None:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             entries.setdefault(label, handle)
     if entries:
-        fig.legend(entries.values(), entries.keys(), loc="outside lower center", ncols=min(len(entries), 5),
-                   fontsize=8, frameon=False)  # fmt: skip
+        ncols = min(len(entries), 5, max(1, round(fig.get_figwidth() / 2.0)))  # about 2 inches an entry
+        fig.legend(entries.values(), entries.keys(), loc="outside lower center", ncols=ncols, fontsize=8,
+                   frameon=False)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -89,8 +99,8 @@ def grid_of(settings: list[Setting], wrap: int = 4) -> Grid:
         ys = sorted({s[y][1] for s in settings}, key=sort_key)
     if len(varying) == 2 and len(xs) * len(ys) == len(settings):
         place = {s: (ys.index(s[y][1]), xs.index(s[x][1])) for s in settings}
-        heads = [f"{varying[0]}={value_text(varying[0], v)}" for v in xs]
-        return Grid(len(ys), len(xs), place, heads, [f"{varying[1]}={value_text(varying[1], v)}" for v in ys])
+        heads = [describe(((varying[0], v),)) for v in xs]
+        return Grid(len(ys), len(xs), place, heads, [describe(((varying[1], v),)) for v in ys])
     ncols = max(min(len(settings), wrap), 1)
     place = {s: (i // ncols, i % ncols) for i, s in enumerate(settings)}
     return Grid(-(-len(settings) // ncols) or 1, ncols, place, [], [])
@@ -137,10 +147,8 @@ def plot_settings(curves: dict, probes: list[str], chance: dict, path: Path | No
                 if (setting, f"{probe}:{group}") in curves:
                     g = curves[(setting, f"{probe}:{group}")]
                     ax.plot(g.steps, g.mean, ls, color=color, lw=1.0, label=f"{probe} ({group})")
-        ax.axhline(chance[setting], color="gray", lw=0.8, ls="--", label="chance")
+        _accuracy_axis(ax, chance[setting])
         _step_axis(ax, label=r == grid.nrows - 1)
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
     _label_grid(axes, grid, settings)
     for r, ax in enumerate(axes[:, 0]):  # a grid's row header above the axis label
         ax.set_ylabel(f"{grid.rows[r]}\naccuracy" if grid.rows else "accuracy", fontsize=8)
@@ -201,76 +209,81 @@ def plot_mechanisms(curves: dict, table: list[dict[str, Any]], probes: tuple[str
                     path: Path | None = None) -> Figure:  # fmt: skip
     """Per setting, two panels over training step. Top: the ICL and IWL probes' accuracy and the mechanistic
     measures of the measure probe, on one axis, with the onsets of ICL and of the induction score as vertical
-    lines (from ``table``, iclwl.cli.report.mechanism_table). Bottom: where the sources probe's answers come from.
+    lines, each with its step written at the top (from ``table``, iclwl.cli.report.mechanism_table). Bottom: where
+    the sources probe's answers come from. Settings are placed as in ``plot_settings``; one legend below all.
     ``probes`` = (icl, iwl, measure, sources probe); ``curves`` maps (setting, series) to a Curve."""
     icl, iwl, measured, sourced = probes
-    ncols = min(len(table), 4)
-    nrows = -(-len(table) // ncols)
-    fig, axes = _subplots(2 * nrows, ncols, figsize=(4.6 * ncols, 6.4 * nrows), squeeze=False, sharex=True)
-    for i, row in enumerate(table):
+    settings = [row["key"] for row in table]
+    grid = grid_of(settings)
+    fig, axes = _subplots(2 * grid.nrows, grid.ncols, figsize=(0.6 + 4.4 * grid.ncols, 1.0 + 6.0 * grid.nrows),
+                          squeeze=False, sharex=True, layout="constrained")  # fmt: skip
+    tops, bottoms = axes[0::2], axes[1::2]  # (nrows, ncols) each: a setting's two panels, one above the other
+    for row in table:
         setting = row["key"]
-        top, bottom = axes[2 * (i // ncols)][i % ncols], axes[2 * (i // ncols) + 1][i % ncols]
+        r, c = grid.place[setting]
+        top, bottom = tops[r][c], bottoms[r][c]
         series = [(icl, f"{icl} acc", STYLE.get(icl, ("tab:blue", "-"))),
                   (iwl, f"{iwl} acc", STYLE.get(iwl, ("tab:red", "-")))]  # fmt: skip
         series += [(f"{measured}:{m}", f"{m} ({measured})", style) for m, style in MEASURE_STYLE.items()]
         for name, label, (color, ls) in series:
             if (setting, name) in curves:
-                c = curves[(setting, name)]
-                top.plot(c.steps, c.mean, ls, color=color, lw=1.6, label=label)
-        for step, color, what in ((row["icl_onset"], "tab:blue", "ICL onset"),
-                                  (row["induction_onset"], "tab:green", "induction onset")):  # fmt: skip
+                cv = curves[(setting, name)]
+                top.plot(cv.steps, cv.mean, ls, color=color, lw=1.6, label=label)
+        # each onset's step is written by its line, the induction onset's lower, so close onsets stay readable
+        for step, color, what, height in ((row["icl_onset"], "tab:blue", "ICL onset", 1.0),
+                                          (row["induction_onset"], "tab:green", "induction onset", 0.94)):  # fmt: skip
             if step is not None:
-                top.axvline(step, color=color, lw=1.0, ls=(0, (4, 3)), alpha=0.8, label=f"{what} ({step})")
-        top.axhline(chance[setting], color="gray", lw=0.8, ls="--")
-        top.set_title(_setting_title(setting), fontsize=9)
+                top.axvline(step, color=color, lw=1.0, ls=(0, (4, 3)), alpha=0.8, label=what)
+                top.annotate(str(step), (step, height), xycoords=("data", "axes fraction"), xytext=(-2, -2),
+                             textcoords="offset points", ha="right", va="top", fontsize=6, color=color)  # fmt: skip
+        _accuracy_axis(top, chance[setting])
         top.set_ylabel("accuracy / attention", fontsize=8)
-        top.legend(fontsize=6, loc="best")
         for source, color in SOURCE_COLORS.items():
             if (setting, f"{sourced}:src_{source}") in curves:
-                c = curves[(setting, f"{sourced}:src_{source}")]
-                bottom.plot(c.steps, c.mean, color=color, lw=1.4, label=source)
+                cv = curves[(setting, f"{sourced}:src_{source}")]
+                bottom.plot(cv.steps, cv.mean, color=color, lw=1.4, label=f"answer is {source}")
+        _accuracy_axis(bottom)
         bottom.set_ylabel(f"share of {sourced} answers", fontsize=8)
-        bottom.set_xlabel("training step", fontsize=8)
-        bottom.legend(fontsize=6, loc="best", title="answer is", title_fontsize=6)
         for ax in (top, bottom):
-            _step_axis(ax, label=False)
-            ax.set_ylim(-0.02, 1.02)
-            ax.grid(alpha=0.3)
-    for i in range(len(table), nrows * ncols):  # empty slots of the last row of settings
-        axes[2 * (i // ncols)][i % ncols].set_visible(False)
-        axes[2 * (i // ncols) + 1][i % ncols].set_visible(False)
-    fig.tight_layout()
+            _step_axis(ax, label=ax is bottom and r == grid.nrows - 1)
+    _label_grid(tops, grid, settings)
+    for r in range(grid.nrows):
+        for c in range(grid.ncols):
+            bottoms[r][c].set_visible(tops[r][c].get_visible())
+        if grid.rows:  # a grid's row header above the first panel's axis label
+            tops[r][0].set_ylabel(f"{grid.rows[r]}\naccuracy / attention", fontsize=8)
+    _shared_legend(fig, axes)
     return _saved(fig, path, dpi=90)
 
 
 def plot_families(table: list[dict[str, Any]], chance: dict, path: Path | None = None) -> Figure:
     """One row of panels per setting, one column per family (accuracy against shots k, against distance d):
-    a line per chosen step, coloured from early (light) to late (dark), the band the min..max over seeds.
-    ``table`` rows come from ``iclwl.report.families.family_table``."""
+    a line per chosen step, coloured from early (light) to late (dark), the band the min..max over seeds; one
+    legend below all. ``table`` rows come from ``iclwl.report.families.family_table``."""
     settings = list(dict.fromkeys(t["key"] for t in table))
     families = list(dict.fromkeys(t["family"] for t in table))
-    fig, axes = _subplots(len(settings), len(families), figsize=(4.6 * len(families), 3.4 * len(settings)),
-                             squeeze=False)  # fmt: skip
+    steps = sorted({t["step"] for t in table})  # one colour per step, the same in every panel
+    colors = dict(zip(steps, matplotlib.colormaps["viridis_r"](np.linspace(0.25, 1.0, len(steps))), strict=True))
+    fig, axes = _subplots(len(settings), len(families), figsize=(0.6 + 4.4 * len(families), 1.0 + 3.0 * len(settings)),
+                          squeeze=False, layout="constrained")  # fmt: skip
     for i, setting in enumerate(settings):
         for j, family in enumerate(families):
             ax = axes[i][j]
             rows = [t for t in table if t["key"] == setting and t["family"] == family]
-            steps = list(dict.fromkeys(t["step"] for t in rows))
-            colors = matplotlib.colormaps["viridis_r"](np.linspace(0.25, 1.0, len(steps)))
-            for step, color in zip(steps, colors, strict=True):
+            for step in dict.fromkeys(t["step"] for t in rows):
                 line = [t for t in rows if t["step"] == step]
                 ks = [t["k"] for t in line]
-                ax.plot(ks, [t["mean"] for t in line], "o-", color=color, ms=3, lw=1.4, label=f"step {step}")
-                ax.fill_between(ks, [t["min"] for t in line], [t["max"] for t in line], color=color, alpha=0.12,
-                                lw=0)  # fmt: skip
-            ax.axhline(chance[setting], color="gray", lw=0.8, ls="--")
-            ax.set_xlabel("relevant items k" if family == "shots" else "distance d (pairs before the query)",
-                          fontsize=8)  # fmt: skip
-            ax.set_ylabel("accuracy", fontsize=8)
-            ax.set_ylim(-0.02, 1.02)
-            ax.grid(alpha=0.3)
-            ax.set_title(f"{_setting_title(setting)}: {family}", fontsize=9)
-            if rows:
-                ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
+                ax.plot(ks, [t["mean"] for t in line], "o-", color=colors[step], ms=3, lw=1.4, label=f"step {step}")
+                ax.fill_between(ks, [t["min"] for t in line], [t["max"] for t in line], color=colors[step],
+                                alpha=0.12, lw=0)  # fmt: skip
+            _accuracy_axis(ax, chance[setting])
+            if i == len(settings) - 1:
+                ax.set_xlabel("relevant items k" if family == "shots" else "distance d (pairs before the query)",
+                              fontsize=8)  # fmt: skip
+            if i == 0:
+                ax.set_title(family, fontsize=9)
+            if j == 0:
+                head = _setting_title(setting) if setting else ""
+                ax.set_ylabel(f"{head}\naccuracy" if head else "accuracy", fontsize=8)
+    _shared_legend(fig, axes)
     return _saved(fig, path, dpi=90)

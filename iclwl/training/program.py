@@ -93,6 +93,9 @@ class TrainState(NamedTuple):
 
 
 class ChunkOutput(NamedTuple):
+    """What a chunk called with ``trace=True`` returns besides the state: every step of every member (tests
+    compare members with single runs step by step; a run needs only the state's ``Meter``)."""
+
     loss: jax.Array  # (S, M) training loss on the query at each step
     acc: jax.Array  # (S, M) training accuracy on the query
     trained: jax.Array  # (S, M) bool: this member took a step (False past ``stop`` and once it has stopped)
@@ -123,8 +126,9 @@ class Program:
         # a member's lr and weight decay are data (MemberInputs.optim); only whether decay exists is compiled in
         decays = any(o.weight_decay > 0 for o in member_optims(cfg))
         optim = dataclasses.replace(cfg.optim, lr=0.0, weight_decay=1.0 if decays else 0.0)
-        platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
-        loop = cfg.train.member_loop if cfg.train.member_loop != "auto" else "map" if platform == "cpu" else "vmap"
+        # a run's loop comes from its placement (iclwl.training.sharding.place, via iclwl.training.groups); a program
+        # made without one (tests, FLOP counts) batches its members
+        loop = cfg.train.member_loop if cfg.train.member_loop != "auto" else "vmap"
         train = dataclasses.replace(cfg.train, seeds=(), resume=None, max_members=0, memory_fraction=1.0,
                                     member_loop=loop, split_batch=None, cpu_devices=0, compile_cache="")  # fmt: skip
         return cls(st, cfg.model, optim, train, cfg.probes, mesh if mesh is not None and mesh.size > 1 else None)
@@ -209,7 +213,7 @@ class Ensemble:
             chunk_out = (init_out, NamedSharding(prog.mesh, PartitionSpec(None, "members")))
         self.init = jax.jit(jax.vmap(self._init_member), out_shardings=init_out)
         self.evaluate = jax.jit(jax.vmap(self._evaluate_member, in_axes=(None, 0, 0)))
-        self.chunk = jax.jit(self._chunk, static_argnames="n", donate_argnums=1, out_shardings=chunk_out)
+        self.chunk = jax.jit(self._chunk, static_argnames=("n", "trace"), donate_argnums=1, out_shardings=chunk_out)
 
     def step_flops(self, uni: Universe | None, mem: MemberInputs) -> float | None:
         """FLOPs of one member's training step (its batch, forward and backward), as XLA counts the traced
@@ -271,8 +275,9 @@ class Ensemble:
         return evaluate_member(self.prog.task, self.prog.model, self.prog.probes, uni, model, mem.task, mem.eval_key)
 
     # ---- all members, many steps
-    def _chunk(self, uni: Universe | None, state: TrainState, mem: MemberInputs, t0, stop, n: int):
-        """Train steps t0+1 .. stop (at most n) for every member."""
+    def _chunk(self, uni: Universe | None, state: TrainState, mem: MemberInputs, t0, stop, n: int,
+               trace: bool = False) -> tuple[TrainState, ChunkOutput | None]:  # fmt: skip
+        """Train steps t0+1 .. stop (at most n) for every member; with ``trace``, also each step's loss."""
 
         def member_chunk(s: TrainState, m: MemberInputs):  # one member, every step of the chunk
             def body(carry, _):
@@ -280,7 +285,7 @@ class Ensemble:
                 active = t < stop
                 idle = lambda s: (s, jnp.float32(0), jnp.float32(0), jnp.bool_(False))
                 s, loss, acc, took = jax.lax.cond(active, lambda s: self._step_member(uni, s, m, t), idle, s)
-                return (s, t + active.astype(t.dtype)), ChunkOutput(loss, acc, took)
+                return (s, t + active.astype(t.dtype)), ChunkOutput(loss, acc, took) if trace else None
 
             (s, _), out = jax.lax.scan(body, (s, t0), None, length=n)
             return s, out
