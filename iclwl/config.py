@@ -97,6 +97,12 @@ class TrainConfig:
     # JAX's persistent compilation cache (iclwl/training/compile_cache.py): 'auto' = $JAX_COMPILATION_CACHE_DIR or
     # ~/.cache/iclwl/jax, 'off', or a directory. A second run of the same programs loads them instead of compiling
     compile_cache: str = "auto"
+    # one ensemble over several processes (iclwl/training/distributed.py): 'auto' joins them under srun with several
+    # tasks, on a multi-host TPU slice, or when coordinator is set; 'on' always; 'off' never
+    distributed: Literal["auto", "on", "off"] = "auto"
+    coordinator: str | None = None  # "host:port" of process 0, for processes started by hand
+    num_processes: int = 0  # with coordinator: how many processes take part
+    process_id: int = -1  # with coordinator: this process's index, 0 .. num_processes - 1
 
 
 @dataclass(frozen=True)
@@ -301,6 +307,19 @@ def _need(ok: bool, path: str, value: Any, rule: str) -> None:
         raise ConfigError(path, value, rule)
 
 
+def _validate_distributed(t: TrainConfig) -> None:
+    if t.coordinator is None:
+        _need(t.num_processes == 0 and t.process_id == -1, "train.coordinator", t.coordinator,
+              "train.num_processes and train.process_id are read only with a coordinator (host:port)")  # fmt: skip
+        return
+    host, _, port = t.coordinator.rpartition(":")
+    _need(bool(host) and port.isdigit(), "train.coordinator", t.coordinator, "must be host:port")
+    _need(t.distributed != "off", "train.distributed", t.distributed, "is off, but train.coordinator is set")
+    _need(t.num_processes >= 1, "train.num_processes", t.num_processes, "must be >= 1 with train.coordinator")
+    _need(0 <= t.process_id < t.num_processes, "train.process_id", t.process_id,
+          f"must be in 0 .. train.num_processes - 1 ({t.num_processes - 1})")  # fmt: skip
+
+
 def validate_config(cfg: Config) -> Config:
     validate(cfg.task)
     _validate_seeds(cfg.train)
@@ -324,6 +343,7 @@ def validate_config(cfg: Config) -> Config:
         _need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0" + where)
     m, o, t, p = cfg.model, cfg.optim, cfg.train, cfg.probes
     _need(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
+    _validate_distributed(t)
     _validate_model(m)
     _need(o.decay_mask == "all" or m.arch != "lstm", "optim.decay_mask", o.decay_mask,
           "an LSTM has no MLP or attention blocks to single out (use all)")  # fmt: skip

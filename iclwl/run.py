@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sys
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import SingleDeviceSharding
 from tqdm import tqdm
 
 from data_gen import ConfigError, TaskStatic
@@ -27,11 +29,12 @@ from iclwl.probes.evaluate import ProbeMetrics, probe_list
 from iclwl.record.checkpoints import CheckpointError, Checkpoints, resume_conflicts
 from iclwl.record.files import MetricsFile, format_table, provenance, read_metrics, truncate_metrics, write_config
 from iclwl.record.rows import probe_rows, train_rows
-from iclwl.record.rundir import check_target, owned, prepare, writing
+from iclwl.record.rundir import RunDirError, check_target, owned, prepare, writing
 from iclwl.record.wandb_sink import WandbSink, require_wandb
 from iclwl.report import analysis
 from iclwl.report.plots import plot_settings
 from iclwl.training.compile_cache import use_compile_cache
+from iclwl.training.distributed import any_process, is_primary, same_path, start
 from iclwl.training.groups import Groups, check_universes_fit, fit_groups
 from iclwl.training.preemption import Preempted, StopRequests
 from iclwl.training.program import Meter, Program, compiled, ensemble_static, member_inputs, shared_universe
@@ -52,22 +55,31 @@ def run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     it trains; a failed write ends the run with a ``RunIOError`` naming the path and the cause."""
     resume = cfg.train.resume is not None
     out_dir = Path(cfg.train.resume) if resume else out_dir
-    check_target(out_dir, resume)
-    prepare(out_dir)
-    require_wandb(cfg.wandb)  # a W&B mode without the package: refused before anything compiles
-    with owned(out_dir):
+    start(cfg.train)  # with several processes: join them, before JAX runs anything
+    use_cpu_devices(cfg.train.cpu_devices)
+    use_compile_cache(cfg.train.compile_cache)
+    out_dir = same_path(out_dir)  # process 0's: every process works in one directory
+    refused = None
+    if is_primary():
+        try:
+            check_target(out_dir, resume)
+            prepare(out_dir)
+            require_wandb(cfg.wandb)  # a W&B mode without the package: refused before anything compiles
+        except Exception as e:
+            refused = e
+    if any_process(refused is not None):  # every process stops, not only the one that found the problem
+        raise refused if refused is not None else RunDirError(f"{out_dir}: refused by process 0 (see its error)")
+    with owned(out_dir) if is_primary() else nullcontext():
         return _run(cfg, out_dir)
 
 
 def _run(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
-    use_cpu_devices(cfg.train.cpu_devices)  # before JAX runs anything
-    use_compile_cache(cfg.train.compile_cache)
     job = Job.build(cfg, out_dir)
     t = job.restore()
     job.open_record(t)
     with closing(job.sink):  # W&B's runs are finished however the run ends
         t = job.train(t)
-        table = _finish(cfg, out_dir, job.coords, job.st)
+        table = _finish(cfg, out_dir, job.coords, job.st) if is_primary() else []
         job.sink.publish(table, {"curves": out_dir / "curves.png"} if cfg.logging.plot else {}, t)
     return table
 
@@ -102,8 +114,8 @@ class Job:
         init_keys, mem = member_inputs(cfg)
         ckpts = Checkpoints(out_dir / "checkpoints", cfg.checkpoint, forever) if cfg.checkpoint.enabled else None
         fresh = {"state": jax.eval_shape(compiled(Program.of(cfg, st)).init, init_keys),
-                 "data_keys": jax.random.key_data(mem.data_key),
-                 "eval_keys": jax.random.key_data(mem.eval_key)}  # fmt: skip
+                 "data_keys": np.asarray(jax.random.key_data(mem.data_key)),
+                 "eval_keys": np.asarray(jax.random.key_data(mem.eval_key))}  # fmt: skip
         names = probe_list(cfg.probes, st)
         return cls(cfg, out_dir, st, members(cfg), names, evals, saves, ckpts, fresh, (init_keys, mem))
 
@@ -113,22 +125,37 @@ class Job:
 
     def restore(self) -> int:
         """Check the newest readable checkpoint (before anything compiles), make the members' program, load the
-        checkpoint into it and drop the rows written after it; the step the run starts from."""
-        restored = self.ckpts.restore_latest(self.fresh, self._check) if self.ckpts else None
+        checkpoint into it and drop the rows written after it; the step the run starts from. With several
+        processes the program comes first: each process reads the shards its devices hold."""
+        # the layout to read into, whatever the layout it was written from (another number of processes)
+        if jax.process_count() > 1:
+            self.ens = self._fit()
+            shardings = jax.tree.map(lambda x: x.sharding, self.ens.state())
+        else:
+            shardings = jax.tree.map(lambda _: SingleDeviceSharding(jax.local_devices()[0]), self.fresh["state"])
+        like = {**self.fresh, "state": jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                                    self.fresh["state"], shardings)}  # fmt: skip
+        restored = self.ckpts.restore_latest(like, self._check) if self.ckpts else None
         if restored is not None and not np.array_equal(restored.tree["data_keys"], self.fresh["data_keys"]):
             raise CheckpointError(f"checkpoint at step {restored.step}: its data keys are not this run's seeds'")
-        self.ens = fit_groups(self.cfg, self.st, shared_universe(self.cfg, self.st), *self.inputs)
-        print(self.ens.describe())
+        self.ens = self.ens or self._fit()
         if restored is None:
-            if self.metrics_path.exists():  # a run directory's own rows, of an earlier start without a checkpoint
+            if is_primary() and self.metrics_path.exists():  # the rows of an earlier start without a checkpoint
                 self.metrics_path.unlink()
             return 0
         self.ens.load(restored.tree["state"])
-        with writing(self.metrics_path):
-            dropped = truncate_metrics(self.metrics_path, restored.step)
+        dropped = 0
+        if is_primary():
+            with writing(self.metrics_path):
+                dropped = truncate_metrics(self.metrics_path, restored.step)
         print(f"resuming at step {restored.step} from {self.ckpts.directory / str(restored.step)}"
               + (f"; dropped {dropped} metrics rows written after it" if dropped else ""))  # fmt: skip
         return restored.step
+
+    def _fit(self) -> Groups:
+        groups = fit_groups(self.cfg, self.st, shared_universe(self.cfg, self.st), *self.inputs)
+        print(groups.describe())
+        return groups
 
     def _check(self, meta: dict[str, Any]) -> None:
         conflicts = resume_conflicts(meta["config"], self.cfg)
@@ -139,17 +166,21 @@ class Job:
     def open_record(self, t: int) -> None:
         """config.json, provenance.json, the metrics file and W&B; the step-0 evaluation of a fresh start."""
         cfg = self.cfg
-        with writing(self.out_dir):  # after the resume check: a refused config leaves the record alone
-            write_config(self.out_dir / "config.json", cfg)
-            (self.out_dir / "provenance.json").write_text(json.dumps(self.origin, indent=2) + "\n")
-            self.metrics = MetricsFile(self.metrics_path)
-        effective = [member_config(cfg, i) for i in range(len(self.coords))] if cfg.wandb.mode != "disabled" else []
-        self.sink = WandbSink(cfg.wandb, effective, self.origin, self.coords, self.out_dir, cfg.name, None,
+        if is_primary():  # the one process that writes the record
+            with writing(self.out_dir):  # after the resume check: a refused config leaves the record alone
+                write_config(self.out_dir / "config.json", cfg)
+                (self.out_dir / "provenance.json").write_text(json.dumps(self.origin, indent=2) + "\n")
+                self.metrics = MetricsFile(self.metrics_path)
+        wandb = cfg.wandb if is_primary() else dataclasses.replace(cfg.wandb, mode="disabled")
+        effective = [member_config(cfg, i) for i in range(len(self.coords))] if wandb.mode != "disabled" else []
+        self.sink = WandbSink(wandb, effective, self.origin, self.coords, self.out_dir, cfg.name, None,
                               start_step=t, static=static_knobs(cfg))  # fmt: skip
         if t == 0:
             self.record(probe_rows(0, self.ens.evaluate(), self.names, self.coords))
 
     def record(self, rows: list[dict[str, Any]]) -> None:
+        if self.metrics is None:  # not process 0
+            return
         with writing(self.metrics_path):
             self.metrics.write(rows)  # the record; W&B only mirrors it
         self.sink.write(rows)
@@ -185,24 +216,27 @@ class Job:
                         if dead:  # the members keep their last good states: save them, then stop
                             self.save(t, wait=True)
                             raise NonFiniteLoss(_all_stopped(health, t if self.ckpts is not None else None))
-                        if stop.signum is not None and t < target:  # at the target: evaluate first
+                        # a request to any process stops every one of them at this chunk boundary
+                        stopping = any_process(stop.signum is not None)
+                        if stopping and t < target:  # at the target: evaluate first
                             self.save(t, wait=True)
-                            raise Preempted(stop.signum, t)
+                            raise Preempted(stop.signum or signal.SIGTERM, t)
                     if target in self.evals:
                         probes, meter = ens.evaluate(), ens.meter()
                         self.record(train_rows(t, meter, health, self.coords)
                                     + probe_rows(t, probes, self.names, self.coords))  # fmt: skip
                         ens.reset_meters()
                         bar.set_postfix(_postfix(meter, probes, self.names), refresh=False)
-                    if target in self.saves or stop.signum is not None:
-                        self.save(t, wait=stop.signum is not None)
-                    if stop.signum is not None:
-                        raise Preempted(stop.signum, t)
+                    if target in self.saves or stopping:
+                        self.save(t, wait=stopping)
+                    if stopping:
+                        raise Preempted(stop.signum or signal.SIGTERM, t)
             if self.ckpts is not None:
                 self.ckpts.wait()  # the last checkpoint is written before the run reports success
         finally:
             bar.close()
-            self.metrics.close()
+            if self.metrics is not None:
+                self.metrics.close()
             if self.ckpts is not None:
                 self.ckpts.close()
         return t

@@ -249,6 +249,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     [([str(ROOT / "train.py"), "train.stpes=10"], "config error: Could not override 'train.stpes'"),
      ([str(ROOT / "train.py"), "experiment=no_such"], "Could not find 'experiment/no_such'"),
      ([str(ROOT / "train.py"), "task.alpha=inf"], "task.alpha = inf: must be a finite number"),
+     ([str(ROOT / "train.py"), "train.distributed=on"], "train.distributed = 'on': could not join the other"),
      (["-m", "iclwl.cli.reference", "experiment=no_such"], "Could not find 'experiment/no_such'"),
      (["-m", "iclwl.cli.reference", "--out", "no/such/dir/x.jsonl"], "--out = no/such/dir/x.jsonl"),
      (["-m", "iclwl.cli.reproduce", "no_such"], "unknown")],

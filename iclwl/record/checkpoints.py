@@ -39,6 +39,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from iclwl.config import CheckpointConfig, Config, flatten
 from iclwl.record.rundir import RunIOError
+from iclwl.training.distributed import any_process, barrier, is_primary
 
 
 class CheckpointError(Exception):
@@ -80,9 +81,11 @@ class Checkpoints:
 
     def save(self, step: int, tree: Any, meta: dict[str, Any]) -> None:
         """Start saving ``tree`` as step ``step``; returns once it is on the host and checked (``wait``: done)."""
-        # Host copies first: the check and Orbax's writers then run nothing on the devices
-        # (iclwl/training/sharding.py says why eager reductions over sharded arrays are avoided).
-        tree = jax.device_get(tree)
+        # One process: host copies first, so the check and Orbax's writers run nothing on the devices
+        # (iclwl/training/sharding.py says why eager reductions over sharded arrays are avoided). Several: each
+        # process checks and writes the shards it holds (Orbax's multi-host saving).
+        if jax.process_count() == 1:
+            tree = jax.device_get(tree)
         if not _learned_finite(tree["state"]):  # the step guards this already; never overwrite good with bad
             raise CheckpointError(f"checkpoint at step {step}: the parameters or optimizer state hold non-finite "
                                   "values; not written")  # fmt: skip
@@ -99,6 +102,8 @@ class Checkpoints:
         step_dir = self.directory / str(step)
         try:
             self.manager.wait_until_finished()
+            if not is_primary():  # every process's shards are committed; process 0 vouches for them
+                return
             tmp = step_dir / (DIGEST + ".tmp")
             tmp.write_text(json.dumps(_digest(step_dir), indent=1))
             os.replace(tmp, step_dir / DIGEST)  # a digest is whole or absent
@@ -128,7 +133,7 @@ class Checkpoints:
             check(dict(meta))  # a refusal is the user's to fix, not damage: leave the checkpoint where it is
             try:
                 got = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like)))
-                if not _learned_finite(jax.device_get(got["state"]["state"])):
+                if not _learned_finite(got["state"]["state"]):
                     raise ValueError("non-finite parameters or optimizer state")
                 return Restored(step, got["state"], dict(meta))
             except Exception as e:
@@ -146,10 +151,12 @@ class Checkpoints:
         dst = self._aside_dir() / str(step)
         warnings.warn(f"checkpoint at step {step} is unreadable ({type(error).__name__}: {str(error)[:200]}); "
                       f"moved to {dst}, trying the previous one", stacklevel=2)  # fmt: skip
-        dst.parent.mkdir(exist_ok=True)
-        if dst.exists():
-            shutil.rmtree(dst)
-        shutil.move(src, dst)
+        if is_primary():  # with several processes, all of them judged the same files the same way
+            dst.parent.mkdir(exist_ok=True)
+            if dst.exists():
+                shutil.rmtree(dst)
+            shutil.move(src, dst)
+        barrier(f"checkpoint-set-aside-{step}")
         self.manager.reload()
 
     def close(self) -> None:
@@ -173,8 +180,15 @@ def _write_error(e: Exception, step_dir: Path, step: int) -> RunIOError:
 def _learned_finite(state: Any) -> bool:
     """Whether a TrainState's parameters and optimizer state are finite. Its health may hold the non-finite loss
     of the step that stopped a member (which kept its last good state): that is a record, not damage."""
-    leaves = jax.tree.leaves((state.params, state.opt_state))
-    return all(np.isfinite(x).all() for x in leaves if np.issubdtype(np.asarray(x).dtype, np.inexact))
+    leaves = [x for x in jax.tree.leaves((state.params, state.opt_state)) if np.issubdtype(x.dtype, np.inexact)]
+    return not any_process(not all(_finite(x) for x in leaves))
+
+
+def _finite(x: Any) -> bool:
+    """Whether the part of ``x`` this process holds is finite (all of it, for host arrays)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return all(np.isfinite(np.asarray(shard.data)).all() for shard in x.addressable_shards)
+    return bool(np.isfinite(np.asarray(x)).all())
 
 
 def _digest(step_dir: Path) -> dict[str, str]:

@@ -118,6 +118,7 @@ def provenance() -> dict[str, Any]:
         },
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
+        "processes": jax.process_count(),  # more than one: one ensemble over several processes (hosts)
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax_flags": {k: v for k, v in os.environ.items() if k.startswith("JAX_")},
         "command": sys.argv,

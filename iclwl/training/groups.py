@@ -25,6 +25,7 @@ import numpy as np
 from data_gen import ConfigError, TaskStatic, Universe
 from data_gen.universe import universe_bytes
 from iclwl.config import Config, member_data_seeds
+from iclwl.training.distributed import to_host
 from iclwl.training.program import Health, MemberInputs, Meter, Program, TrainState, compiled, zero_meter
 from iclwl.training.sharding import needs_step_flops, place
 
@@ -52,32 +53,38 @@ class Groups:
     # ---- whole-ensemble views (host side, member order, padding dropped)
     def _join(self, parts: list[Any]) -> Any:
         if self.count == 1 and self.size == self.M:
-            return parts[0]
-        return jax.tree.map(lambda *xs: np.concatenate(xs)[: self.M], *jax.device_get(parts))
+            return to_host(parts[0])
+        return jax.tree.map(lambda *xs: np.concatenate(xs)[: self.M], *to_host(parts))
 
     def state(self) -> TrainState:
-        """The ensemble's state as one tree with M members, on the host (what a checkpoint holds)."""
-        return jax.device_get(self._join(self.states))
+        """The ensemble's state as one tree with M members (what a checkpoint holds): on the host, or with several
+        processes the global arrays themselves, each process holding its shards (one group, no padding)."""
+        if jax.process_count() > 1:
+            return self.states[0]
+        return self._join(self.states)
 
     def load(self, state: TrainState) -> None:
+        if jax.process_count() > 1:  # restored as global arrays, laid out as this group's state
+            self.states = [state]
+            return
         self.states = [self.layout.put_members(jax.tree.map(lambda x, i=i: np.asarray(x)[i], state))
                        for i in self.index]  # fmt: skip
 
     def health(self) -> Health:
-        return jax.device_get(self._join([s.health for s in self.states]))
+        return self._join([s.health for s in self.states])
 
     def meter(self) -> Meter:
-        return jax.device_get(self._join([s.meter for s in self.states]))
+        return self._join([s.meter for s in self.states])
 
     # ---- work
     def train(self, t: int, stop: int, n: int) -> None:
         """Steps t+1 .. stop of every member (``n``: the compiled chunk length)."""
-        self.states = [self.ens.chunk(self.uni, s, m, jnp.int32(t), jnp.int32(stop), n=n)[0]
+        self.states = [self.ens.chunk(self.uni, s, m, np.int32(t), np.int32(stop), n=n)[0]
                        for s, m in zip(self.states, self.mems, strict=True)]  # fmt: skip
 
     def evaluate(self):
-        return jax.device_get(self._join([self.ens.evaluate(self.uni, s.params, m)
-                                          for s, m in zip(self.states, self.mems, strict=True)]))  # fmt: skip
+        return self._join([self.ens.evaluate(self.uni, s.params, m)
+                           for s, m in zip(self.states, self.mems, strict=True)])  # fmt: skip
 
     def reset_meters(self) -> None:
         self.states = [s._replace(meter=self.layout.put_members(zero_meter(self.size))) for s in self.states]
@@ -157,6 +164,8 @@ def fit_groups(cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array,
     t = cfg.train
     decide = needs_step_flops(t.member_loop, t.split_batch, devices)
     flops = compiled(Program.of(cfg, st)).step_flops(uni, mem) if decide else None
+    if jax.process_count() > 1:  # every process must make the same groups: one, whatever its own free memory
+        return _one_group_over_processes(cfg, st, uni, init_keys, mem, devices, flops)
     while True:
         size = math.ceil(M / math.ceil(M / size))  # balanced groups: least padding for this many groups
         groups = Groups(cfg, st, uni, init_keys, mem, size, devices, flops)
@@ -182,3 +191,19 @@ def fit_groups(cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array,
                               f"more than the {budget / GiB:.2f} GiB available; lower train.batch_size or "
                               "probes.n_eval, or use a smaller model")  # fmt: skip
         size = max(1, min(size - 1, int(size * budget / need)))
+
+
+def _one_group_over_processes(cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array, mem: MemberInputs,
+                              devices: list | None, flops: float | None) -> Groups:  # fmt: skip
+    """All members in one program over the devices of every process; refused where that needs padding."""
+    M = len(init_keys)
+    if 0 < cfg.train.max_members < M:
+        raise ConfigError("train.max_members", cfg.train.max_members, f"over {jax.process_count()} processes all "
+                          f"{M} members are one program; set 0 (or at least {M})")  # fmt: skip
+    groups = Groups(cfg, st, uni, init_keys, mem, M, devices, flops)
+    if groups.size != M:
+        n = groups.layout.mesh.shape["members"]
+        raise ConfigError("train.seeds", list(cfg.train.seeds), f"over {jax.process_count()} processes the {M} "
+                          f"members (seeds x sweep) must split evenly over the {n} devices they use; use a "
+                          f"multiple of {n} members")  # fmt: skip
+    return groups

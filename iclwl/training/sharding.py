@@ -1,10 +1,11 @@
-"""Where an ensemble lives: the member axis split over the local devices, the batch axis when members are few.
+"""Where an ensemble lives: the member axis split over the devices, the batch axis when members are few.
 
-With M members and n local devices, the mesh has axes ``members`` (size g = gcd(M, n)) and ``batch`` (n / g).
-Every leaf of the state and of the member inputs is split along its leading (member) axis; the class universe is
-replicated. Inside the step, each member's batch is split along ``batch`` (``with_sharding_constraint``), so
-1 member on 8 devices uses all 8 for its batch, and 64 members on 8 devices put 8 members on each. The same
-code runs on one CPU (a 1 x 1 mesh: nothing moves), several GPUs or a TPU host; XLA inserts the communication.
+With M members and n devices (every process's, iclwl/training/distributed.py), the mesh has axes ``members`` (size g
+= gcd(M, n)) and ``batch`` (n / g). Every leaf of the state and of the member inputs is split along its leading
+(member) axis; the class universe is replicated. Inside the step, each member's batch is split along ``batch``
+(``with_sharding_constraint``), so 1 member on 8 devices uses all 8 for its batch, and 64 members on 8 devices put 8
+members on each. The same code runs on one CPU (a 1 x 1 mesh: nothing moves), several GPUs or a TPU host; XLA
+inserts the communication.
 
 A CPU host can be split into several JAX devices (``use_cpu_devices``, ``train.cpu_devices``): with a device per
 core, members run on their own cores instead of sharing every small matrix product between threads; it is the
@@ -26,6 +27,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from iclwl.training.distributed import put
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -33,7 +36,7 @@ class Layout:
 
     @classmethod
     def for_members(cls, M: int, batch_size: int, devices: list | None = None) -> Layout:
-        devices = list(devices or jax.local_devices())
+        devices = list(devices or jax.devices())
         g = math.gcd(M, len(devices))
         b = math.gcd(len(devices) // g, batch_size)  # the batch must split evenly too
         return cls(Mesh(np.array(devices[: g * b]).reshape(g, b), ("members", "batch")))
@@ -47,10 +50,10 @@ class Layout:
         return NamedSharding(self.mesh, P())
 
     def put_members(self, tree):
-        return jax.device_put(tree, self.members)
+        return put(tree, self.members)
 
     def put_replicated(self, tree):
-        return jax.device_put(tree, self.replicated)
+        return put(tree, self.replicated)
 
     def describe(self) -> str:
         g, b = self.mesh.shape["members"], self.mesh.shape["batch"]
@@ -88,7 +91,7 @@ class Placement:
 
 def needs_step_flops(member_loop: str, split_batch: bool | None, devices: list | None = None) -> bool:
     """Whether ``place`` reads the step size: on CPU devices, unless both settings are given."""
-    cpu = (devices or jax.local_devices())[0].platform == "cpu"
+    cpu = (devices or jax.devices())[0].platform == "cpu"
     return cpu and not _given(member_loop, split_batch)
 
 
@@ -105,7 +108,7 @@ def place(M: int, batch_size: int, step_flops: float | None, member_loop: str = 
     (``step_flops``; None: unknown, taken as large): members over as many devices as there are members (padded to a
     multiple of them), a member's batch split only for large steps, vmap for small steps and map otherwise.
     """
-    devices = list(devices or jax.local_devices())
+    devices = list(devices or jax.devices())
     if devices[0].platform != "cpu":
         loop = "vmap" if member_loop == "auto" else member_loop
         split = True if split_batch is None else split_batch
