@@ -26,6 +26,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from iclwl.models.interventions import Intervention
 from iclwl.models.transformer import Attention, Block, Transformer, causal_mask, embed_tokens, masked_softmax, rotate
 
 
@@ -215,8 +216,21 @@ class FastTransformer(Transformer):
         *,
         query_only: bool = False,
         return_attention: bool = False,
+        intervention: Intervention | None = None,
+        return_activations: bool = False,
     ):
-        """``Transformer.__call__``; with ``return_attention`` every block computes every row (path 4 only)."""
+        """``Transformer.__call__``; with ``return_attention`` every block computes every row (path 4 only); an
+        intervention or activations take the plain path."""
+        if intervention is not None or return_activations:
+            return super().__call__(
+                items,
+                labels,
+                offset,
+                query_only=query_only,
+                return_attention=return_attention,
+                intervention=intervention,
+                return_activations=return_activations,
+            )
         features = self.encoder(items)
         h = embed_tokens(self.item_in, self.label_in, self.n_labels, features, labels)  # (B, T, d)
         B, T = h.shape[:2]

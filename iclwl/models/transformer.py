@@ -28,6 +28,7 @@ from flax import nnx
 
 from iclwl.config import ModelConfig
 from iclwl.models.encoders import make_encoder
+from iclwl.models.interventions import Activations, HeadEdit, Intervention
 
 
 def sinusoidal(positions: jax.Array, d: int) -> jax.Array:
@@ -93,8 +94,9 @@ class Attention(nnx.Module):
         self.qkv = nnx.Linear(cfg.d_model, 3 * cfg.d_model, use_bias=False, rngs=rngs)
         self.out = nnx.Linear(cfg.d_model, cfg.d_model, rngs=rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(B, T, d) tokens, (B, T) positions -> (B, T, d) outputs and (B, H, T, T) attention weights."""
+    def __call__(self, x: jax.Array, positions: jax.Array, edit: HeadEdit | None = None):
+        """(B, T, d) tokens, (B, T) positions -> (B, T, d) outputs and (B, H, T, T) attention weights; with an
+        ``edit`` (iclwl/models/interventions.py) also each head's share of the output, (B, T, H, d)."""
         B, T, d = x.shape
         H = self.n_heads
         q, k, v = (a.reshape(B, T, H, d // H) for a in jnp.split(self.qkv(x), 3, axis=-1))  # (B, T, H, dh) each
@@ -102,8 +104,15 @@ class Attention(nnx.Module):
             q, k = rotate(q, positions), rotate(k, positions)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d // H)  # (B, H, T, T)
         weights = masked_softmax(scores, causal_mask(slice(None), T))
+        if edit is not None:  # a clamped head attends by the given pattern
+            weights = weights + edit.clamp[:, None, None] * (edit.pattern - weights)
         y = jnp.einsum("bhqk,bkhd->bqhd", weights, v)  # (B, T, H, dh)
-        return self.out(y.reshape(B, T, d)), weights
+        if edit is None:
+            return self.out(y.reshape(B, T, d)), weights
+        # the output projection head by head: each head's share, kept or replaced, then summed
+        heads = jnp.einsum("bthe,hed->bthd", y, self.out.kernel.value.reshape(H, d // H, d))  # (B, T, H, d)
+        heads = edit.keep[:, None] * heads + (1 - edit.keep[:, None]) * edit.fill
+        return heads.sum(axis=2) + self.out.bias.value, weights, heads
 
 
 class MLP(nnx.Module):
@@ -132,6 +141,13 @@ class Block(nnx.Module):
         if self.mlp is not None:
             x = x + self.mlp(self.ln2(x) if self.ln2 else x)
         return x, weights
+
+    def edited(self, x: jax.Array, positions: jax.Array, edit: HeadEdit):
+        """The block with its heads edited: (B, T, d), and its parts (weights, heads, attention and MLP outputs)."""
+        h, weights, heads = self.attn(self.ln1(x) if self.ln1 else x, positions, edit)
+        x = x + h
+        m = self.mlp(self.ln2(x) if self.ln2 else x) if self.mlp is not None else jnp.zeros_like(x)
+        return x + m, (weights, heads, h, m)
 
 
 class Transformer(nnx.Module):
@@ -191,11 +207,15 @@ class Transformer(nnx.Module):
         *,
         query_only: bool = False,
         return_attention: bool = False,
+        intervention: Intervention | None = None,
+        return_activations: bool = False,
     ):
         """Logits (B, L+1, n_labels) at the item tokens; with ``return_attention`` also (layers, B, H, T, T).
 
         ``offset`` (B,) shifts the positions (pos='onehot' draws it at random in [0, max_offset]).
-        ``query_only`` returns (B, 1, n_labels), the logits of the query alone.
+        ``query_only`` returns (B, 1, n_labels), the logits of the query alone. ``intervention`` ablates heads or
+        clamps their patterns; ``return_activations`` returns ``(logits, Activations)`` instead
+        (iclwl/models/interventions.py).
         """
         features = self.encoder(items)  # (B, L+1, F)
         h = embed_tokens(self.item_in, self.label_in, self.n_labels, features, labels)  # (B, T, d)
@@ -204,9 +224,32 @@ class Transformer(nnx.Module):
         table = self.position_table()
         if table is not None:
             h = h + jnp.take(table, positions, 0)
+        if intervention is not None or return_activations:
+            return self._intervened(
+                h,
+                positions,
+                query_only,
+                return_attention,
+                return_activations,
+                intervention if intervention is not None else Intervention.none(self.cfg, T),
+            )
         attention = []
         for block in self.blocks:
             h, weights = block(h, positions)  # (B, T, d), (B, H, T, T)
             attention.append(weights)
         logits = self.head(h[:, self.answer_tokens(T, query_only)])  # (B, R, n_labels)
         return (logits, jnp.stack(attention)) if return_attention else logits
+
+    def _intervened(self, h: jax.Array, positions: jax.Array, query_only: bool, return_attention: bool,
+                    return_activations: bool, intervention: Intervention):  # fmt: skip
+        """The blocks with their heads edited, from the embedded tokens h (B, T, d)."""
+        resid, parts = [h], []
+        for i, block in enumerate(self.blocks):
+            h, part = block.edited(h, positions, intervention.layer(i))
+            resid.append(h)
+            parts.append(part)
+        logits = self.head(h[:, self.answer_tokens(h.shape[1], query_only)])  # (B, R, n_labels)
+        weights, heads, attn_out, mlp_out = (jnp.stack(x) for x in zip(*parts, strict=True))
+        if return_activations:
+            return logits, Activations(jnp.stack(resid), weights, heads, attn_out, mlp_out)
+        return (logits, weights) if return_attention else logits
