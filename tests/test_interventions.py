@@ -37,6 +37,11 @@ def inputs(seed: int = 0, B: int = 3):
     return jax.random.normal(k1, (B, L + 1, D), jnp.float64), jax.random.randint(k2, (B, L + 1), 0, V)
 
 
+def built(cls: type, cfg: ModelConfig, seed: int):
+    """A float64 model of ``cls`` and a batch, both from ``seed`` (call inside jax.enable_x64)."""
+    return float64(cls(cfg, D, V, L, rngs=nnx.Rngs(seed))), *inputs(seed)
+
+
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.pos}-{c.layernorm}-H{c.n_heads}")
 def test_an_empty_intervention_changes_nothing(cfg):
     with jax.enable_x64(True):
@@ -54,8 +59,7 @@ def test_an_empty_intervention_changes_nothing(cfg):
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.pos}-{c.layernorm}-H{c.n_heads}")
 def test_the_activations_add_up_to_the_residual_stream(cfg):
     with jax.enable_x64(True):
-        model = float64(Transformer(cfg, D, V, L, rngs=nnx.Rngs(1)))
-        items, labels = inputs(1)
+        model, items, labels = built(Transformer, cfg, 1)
         _, acts = model(items, labels, return_activations=True)
         n, B = cfg.n_layers, items.shape[0]
         assert acts.resid.shape == (n + 1, B, T, cfg.d_model) and acts.head_out.shape == (n, B, T, cfg.n_heads,
@@ -69,8 +73,7 @@ def test_the_activations_add_up_to_the_residual_stream(cfg):
 def test_zeroing_every_head_of_a_layer_is_removing_its_attention_by_hand(cfg):
     """Every head of layer 0 zeroed = that layer's output projection set to zero (its bias stays: no head's)."""
     with jax.enable_x64(True):
-        model = float64(Transformer(cfg, D, V, L, rngs=nnx.Rngs(2)))
-        items, labels = inputs(2)
+        model, items, labels = built(Transformer, cfg, 2)
         iv = Intervention.none(cfg, T)
         for h in range(cfg.n_heads):
             iv = iv.ablate(0, h)
@@ -91,8 +94,7 @@ def test_zeroing_every_head_of_a_layer_is_removing_its_attention_by_hand(cfg):
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.pos}-{c.layernorm}-H{c.n_heads}")
 def test_a_clamped_head_attends_by_the_given_pattern(cfg):
     with jax.enable_x64(True):
-        model = float64(FastTransformer(cfg, D, V, L, rngs=nnx.Rngs(3)))
-        items, labels = inputs(3)
+        model, items, labels = built(FastTransformer, cfg, 3)
         _, free = model(items, labels, return_attention=True)
         layer, head = cfg.n_layers - 1, 0
         pattern = previous_token_pattern(T).astype(jnp.float64)

@@ -26,7 +26,6 @@ import math
 import jax
 import jax.numpy as jnp
 
-from iclwl.models.interventions import Intervention
 from iclwl.models.transformer import Attention, Block, Transformer, causal_mask, embed_tokens, masked_softmax, rotate
 
 
@@ -208,36 +207,11 @@ def first_projection(model: Transformer, features: jax.Array, labels: jax.Array,
 class FastTransformer(Transformer):
     """``Transformer`` with the same parameters, its forward pass taken through the fast paths."""
 
-    def __call__(
-        self,
-        items: jax.Array,
-        labels: jax.Array,
-        offset: jax.Array | None = None,
-        *,
-        query_only: bool = False,
-        return_attention: bool = False,
-        intervention: Intervention | None = None,
-        return_activations: bool = False,
-    ):
-        """``Transformer.__call__``; with ``return_attention`` every block computes every row (path 4 only); an
-        intervention or activations take the plain path."""
-        if intervention is not None or return_activations:
-            return super().__call__(
-                items,
-                labels,
-                offset,
-                query_only=query_only,
-                return_attention=return_attention,
-                intervention=intervention,
-                return_activations=return_activations,
-            )
-        features = self.encoder(items)
-        h = embed_tokens(self.item_in, self.label_in, self.n_labels, features, labels)  # (B, T, d)
-        B, T = h.shape[:2]
-        positions = self.positions(B, T, offset)
-        table = self.position_table()
-        if table is not None:
-            h = h + jnp.take(table, positions, 0)
+    def forward(self, h: jax.Array, positions: jax.Array, features: jax.Array, labels: jax.Array, query_only: bool,
+                return_attention: bool):  # fmt: skip
+        """``Transformer.forward`` through the fast paths; with ``return_attention`` every block computes every row
+        (path 4 only). Interventions and activations take the plain path (``Transformer.__call__``)."""
+        T = h.shape[1]
         read = self.answer_tokens(T, query_only)
         p, n = plan(self, T, query_only, return_attention), len(self.blocks)
         qkv = None

@@ -233,11 +233,16 @@ class Transformer(nnx.Module):
                 return_activations,
                 intervention if intervention is not None else Intervention.none(self.cfg, T),
             )
+        return self.forward(h, positions, features, labels, query_only, return_attention)
+
+    def forward(self, h: jax.Array, positions: jax.Array, features: jax.Array, labels: jax.Array, query_only: bool,
+                return_attention: bool):  # fmt: skip
+        """The blocks and the readout, from the embedded tokens h (B, T, d) (``FastTransformer`` reorders it)."""
         attention = []
         for block in self.blocks:
             h, weights = block(h, positions)  # (B, T, d), (B, H, T, T)
             attention.append(weights)
-        logits = self.head(h[:, self.answer_tokens(T, query_only)])  # (B, R, n_labels)
+        logits = self.head(h[:, self.answer_tokens(h.shape[1], query_only)])  # (B, R, n_labels)
         return (logits, jnp.stack(attention)) if return_attention else logits
 
     def _intervened(self, h: jax.Array, positions: jax.Array, query_only: bool, return_attention: bool,
