@@ -124,6 +124,31 @@ class ProbeConfig:
     families: bool = False  # also the shots_k and distance_d families
     names: tuple[str, ...] = ()  # () = every probe that fits the task
     mechanisms: bool = True  # attention measures and prediction sources on every probe set (iclwl/probes/mechanisms.py)
+    # each head's worth to each probe (iclwl/probes/ablations.py): 'zero' or 'mean' replaces its output, head by head,
+    # at every evaluation and records the accuracy lost; one more forward pass a head and probe set. 'off': none
+    ablations: Literal["off", "zero", "mean"] = "off"
+    ablation_k: int = 1  # with ablations: the k most inductive heads replaced together, against k random ones; 0 = no
+
+
+@dataclass(frozen=True)
+class InterveneConfig:
+    """One attention head edited while the model trains (iclwl/models/interventions.py), the transformer only.
+
+    kind: 'zero' replaces the head's output by zero; 'clamp' makes it attend by ``pattern`` instead of its own
+    weights: 'previous_token' (each token to the one before it), 'induction' (each item to the labels of the
+    earlier items of its class, the pattern an induction head learns) or 'uniform'. The edit applies to the steps
+    that start from step count ``start`` up to ``stop`` (-1: to the end), and, with ``probes``, to the evaluations
+    in that window too. Every field is data: ``sweep.intervene_<field>`` makes a grid of edits members of one
+    compiled program.
+    """
+
+    kind: Literal["none", "zero", "clamp"] = "none"
+    layer: int = 0
+    head: int = 0
+    pattern: Literal["previous_token", "induction", "uniform"] = "previous_token"
+    start: int = 0
+    stop: int = -1
+    probes: bool = True  # the probes inside the window see the edited model (false: always the model as it is)
 
 
 @dataclass(frozen=True)
@@ -174,6 +199,12 @@ class SweepConfig:
     label_noise: Values = None
     lr: Values = None  # optim.lr
     weight_decay: Values = None  # optim.weight_decay
+    intervene_kind: Values = None  # intervene.kind, and so on
+    intervene_layer: Values = None
+    intervene_head: Values = None
+    intervene_pattern: Values = None
+    intervene_start: Values = None
+    intervene_stop: Values = None
 
     def swept(self) -> dict[str, tuple[Any, ...]]:
         return {k: getattr(self, k) for k in SWEEPABLE if getattr(self, k) is not None}
@@ -181,7 +212,10 @@ class SweepConfig:
 
 SEED_COORDS = ("seed", "data_seed")  # the coordinates members() gives a member for its seeds
 OPTIM_FIELDS = ("lr", "weight_decay")  # the optimizer fields a sweep varies per member
-SWEEPABLE = (*DYNAMIC_FIELDS, *OPTIM_FIELDS)
+# the intervene fields a sweep varies per member, as sweep (and row) fields: intervene.start -> intervene_start
+INTERVENE_FIELDS = ("intervene_kind", "intervene_layer", "intervene_head", "intervene_pattern", "intervene_start",
+                    "intervene_stop")  # fmt: skip
+SWEEPABLE = (*DYNAMIC_FIELDS, *OPTIM_FIELDS, *INTERVENE_FIELDS)
 # the sweepable fields are listed by hand for readability; they must be exactly these
 assert {f.name for f in dataclasses.fields(SweepConfig)} - {"mode"} == set(SWEEPABLE)
 
@@ -197,6 +231,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    intervene: InterveneConfig = field(default_factory=InterveneConfig)
     name: str = "default"
 
 
@@ -280,10 +315,18 @@ def member_optims(cfg: Config) -> list[OptimConfig]:
             for m in members(cfg)]  # fmt: skip
 
 
+def member_interventions(cfg: Config) -> list[InterveneConfig]:
+    """Each member's training-time edit: ``intervene`` with the swept ``intervene_*`` fields set."""
+    n = len("intervene_")
+    return [dataclasses.replace(cfg.intervene, **{k[n:]: v for k, v in m.items() if k in INTERVENE_FIELDS})
+            for m in members(cfg)]  # fmt: skip
+
+
 def member_config(cfg: Config, i: int) -> dict[str, Any]:
-    """The config member ``i`` actually trains with, as plain data: its own task (swept fields, data seed) and
-    optimizer values in place of the base ones (what a dashboard groups and filters by)."""
-    effective = dataclasses.replace(cfg, task=member_tasks(cfg)[i], optim=member_optims(cfg)[i])
+    """The config member ``i`` actually trains with, as plain data: its own task (swept fields, data seed),
+    optimizer values and edit in place of the base ones (what a dashboard groups and filters by)."""
+    effective = dataclasses.replace(cfg, task=member_tasks(cfg)[i], optim=member_optims(cfg)[i],
+                                    intervene=member_interventions(cfg)[i])  # fmt: skip
     return dataclasses.asdict(effective)
 
 
@@ -375,8 +418,43 @@ def validate_config(cfg: Config) -> Config:
     _need(p.n_eval >= 1, "probes.n_eval", p.n_eval, "must be >= 1")
     _need(p.n_log >= 0, "probes.n_log", p.n_log, "must be >= 0")
     _need(p.every >= 0, "probes.every", p.every, "must be >= 0")
+    _validate_ablations(p, m)
     _validate_wandb(cfg.wandb)
+    _validate_interventions(cfg)
     return cfg
+
+
+def _validate_ablations(p: ProbeConfig, m: ModelConfig) -> None:
+    if p.ablations == "off":
+        return
+    _need(m.arch == "transformer", "probes.ablations", p.ablations,
+          f"replaces attention heads: needs model.arch=transformer (not {m.arch})")  # fmt: skip
+    heads = m.n_layers * m.n_heads
+    _need(0 <= p.ablation_k <= heads // 2, "probes.ablation_k", p.ablation_k,
+          f"must be in 0 .. {heads // 2}: k top heads and k others of the model's {heads} heads")  # fmt: skip
+    _need(p.ablation_k == 0 or p.mechanisms, "probes.ablation_k", p.ablation_k,
+          "ranks heads by their induction score: needs probes.mechanisms=true (or ablation_k=0)")  # fmt: skip
+
+
+def _validate_interventions(cfg: Config) -> None:
+    hints = typing.get_type_hints(InterveneConfig)
+    for k in INTERVENE_FIELDS:  # swept values are untyped lists: each is checked as the field it sets
+        for j, v in enumerate(getattr(cfg.sweep, k) or ()):
+            check_type(f"sweep.{k}[{j}]", v, hints[k[len("intervene_") :]])
+    m, swept = cfg.model, any(getattr(cfg.sweep, k) for k in INTERVENE_FIELDS)
+    for i, (e, coords) in enumerate(zip(member_interventions(cfg), members(cfg), strict=True)):
+        if e.kind == "none":
+            continue
+
+        def need(ok: bool, f: str, rule: str, e=e, coords=coords, i=i) -> None:
+            path = f"sweep.intervene_{f}" if getattr(cfg.sweep, f"intervene_{f}") else f"intervene.{f}"
+            _need(ok, path, getattr(e, f), rule + (f" (member {i}: {coords})" if swept else ""))
+
+        need(m.arch == "transformer", "kind", f"edits attention heads: needs model.arch=transformer (not {m.arch})")
+        need(0 <= e.layer < m.n_layers, "layer", f"must be in 0 .. model.n_layers - 1 ({m.n_layers - 1})")
+        need(0 <= e.head < m.n_heads, "head", f"must be in 0 .. model.n_heads - 1 ({m.n_heads - 1})")
+        need(0 <= e.start < cfg.train.steps, "start", f"must be in [0, train.steps = {cfg.train.steps})")
+        need(e.stop == -1 or e.stop > e.start, "stop", f"must be -1 (to the end) or > intervene.start ({e.start})")
 
 
 def _validate_seeds(t: TrainConfig) -> None:

@@ -222,7 +222,7 @@ class Job:
                             self.save(t, wait=True)
                             raise Preempted(stop.signum or signal.SIGTERM, t)
                     if target in self.evals:
-                        probes, meter = ens.evaluate(), ens.meter()
+                        probes, meter = ens.evaluate(t), ens.meter()
                         self.record(train_rows(t, meter, health, self.coords)
                                     + probe_rows(t, probes, self.names, self.coords))  # fmt: skip
                         ens.reset_meters()

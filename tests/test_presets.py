@@ -45,6 +45,7 @@ MEMBERS = {
     "chan2022_exemplars_cpu": 1,
     "reddy2023_bk_cpu": 2,
     "reddy2023_bursty_cpu": 2,
+    "reddy2023_interventions_cpu": 3,
 }
 # settings a preset cannot hold and its user must give: where the data is. Composing and validating never reads it,
 # so a placeholder checks the preset on machines without the data

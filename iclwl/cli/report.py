@@ -10,6 +10,8 @@ setting (see ``iclwl.report.analysis``) and writes to ``--out`` (default ``<dir>
 - ``mechanisms.md``, ``mechanisms.png`` (when the runs logged them, ``probes.mechanisms``): per setting, the onset
   of ICL and of the induction and previous-token scores, final measures and prediction sources; the measures
   against step on the axis of the ICL and IWL accuracies, the onsets marked (docs/mechanisms.md);
+- ``ablations.md``, ``ablations.png`` (when the runs logged them, ``probes.ablations``): each head's accuracy drop on
+  the ICL and the IWL probe, heads x steps, and the top-k inductive heads against k random ones;
 - ``families.md``, ``families.csv``, ``families.png`` (when the runs have the ``shots_k`` / ``distance_d`` probes,
   ``probes.families``): accuracy against the number of relevant items and against their distance from the
   query, at a few steps of training (``iclwl.report.families``).
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from iclwl.record.markdown import markdown_table
+from iclwl.report.ablations import ablation_probes, format_ablations, head_drops, plot_ablations
 from iclwl.report.analysis import (
     DEFAULT_PROBES,
     GROUPS,
@@ -203,6 +206,12 @@ def report(
         written += [out / "mechanisms.md", out / "mechanisms.png"]
         written[-2].write_text(format_mechanisms(mech_table, mechanisms, level_text, measure_level))
         plot_mechanisms(mech_curves, mech_table, mechanisms, sweep.chance, written[-1])
+    ablated = ablation_probes(sweep)
+    if ablated is not None:
+        drops = head_drops(sweep, ablated)
+        written += [out / "ablations.md", out / "ablations.png"]
+        written[-2].write_text(format_ablations(drops, ablated))
+        plot_ablations(drops, ablated, written[-1])
     families = family_table(sweep, family_steps)
     if families:
         written += [out / "families.md", out / "families.csv", out / "families.png"]

@@ -46,6 +46,8 @@ ENTRIES: dict[str, Entry] = {
                           jobs={f"B_{b}": (f"task.B={b}",) for b in (1, 2, 4)}),
     "reddy2023_bursty": Entry("reddy2023_bursty_cpu", "Reddy 2023: non-bursty data gives IWL; bursty data an abrupt "
                               "ICL onset with an induction head"),
+    "reddy2023_interventions": Entry("reddy2023_interventions_cpu", "Reddy 2023 / Singh 2024: the induction head "
+                                     "carries ICL and forms only after a previous-token head"),
     "chan2024_prelevant": Entry("chan2024_prelevant_cpu", "Chan 2024: no relevant context, no ICL; more of it, more "
                                 "ICL", probes=CHAN2024_PROBES, groups=True),
     "chan2024_n": Entry("chan2024_n_cpu", "Chan 2024: as N grows ICL fades and IWL takes over",

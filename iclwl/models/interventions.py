@@ -11,6 +11,10 @@ replace by a given one (the previous-token or the induction pattern, say)::
 Every field is an array, so an ensemble's members can carry different interventions in one compiled program. With
 no intervention (the default) the transformer takes its usual paths; ``Intervention.none`` (nothing changed) gives
 the same logits, by another order of the same sums.
+
+During training (``intervene`` in the config), each member carries one ``EditWindow``: which head, zeroed or
+clamped to which pattern (``pattern_bank``: previous-token, induction, uniform), and the steps it applies to; at
+step t it becomes the ``Intervention`` of that step (``EditWindow.at``).
 """
 
 from __future__ import annotations
@@ -27,18 +31,18 @@ class HeadEdit(NamedTuple):
     """One layer's part of an ``Intervention`` (H heads, model width d, T tokens)."""
 
     keep: jax.Array  # (H,) 1 keeps a head's output, 0 replaces it by ``fill``
-    fill: jax.Array  # (H, d) what a replaced head writes to the residual stream instead
+    fill: jax.Array  # (H, d) what a replaced head writes to the residual stream instead; or (T, H, d), per position
     clamp: jax.Array  # (H,) 0 keeps a head's attention pattern, 1 replaces it by ``pattern``
-    pattern: jax.Array  # (H, T, T) the replacing patterns: causal rows that sum to one
+    pattern: jax.Array  # (H, T, T) the replacing patterns, causal rows that sum to one; or (B, H, T, T), per sequence
 
 
 class Intervention(NamedTuple):
     """Per layer and head: ``HeadEdit``'s fields with a leading layer axis."""
 
     keep: jax.Array  # (layers, H)
-    fill: jax.Array  # (layers, H, d)
+    fill: jax.Array  # (layers, H, d), or (layers, T, H, d) per position (a mean output, say)
     clamp: jax.Array  # (layers, H)
-    pattern: jax.Array  # (layers, H, T, T)
+    pattern: jax.Array  # (layers, H, T, T), or (layers, B, H, T, T) for patterns that depend on the sequence
 
     @classmethod
     def none(cls, cfg: ModelConfig, T: int) -> Intervention:
@@ -74,3 +78,67 @@ class Activations(NamedTuple):
 def previous_token_pattern(T: int) -> jax.Array:
     """(T, T): every token attends to the token before it (the first to itself)."""
     return jax.nn.one_hot(jnp.maximum(jnp.arange(T) - 1, 0), T)
+
+
+def uniform_pattern(T: int) -> jax.Array:
+    """(T, T): every token attends evenly to itself and every token before it."""
+    causal = jnp.tril(jnp.ones((T, T)))
+    return causal / causal.sum(axis=1, keepdims=True)
+
+
+def induction_pattern(classes: jax.Array, tokens: str) -> jax.Array:
+    """(B, L+1) classes -> (B, T, T): each item token attends evenly to the label tokens of the earlier items of its
+    class (with ``tokens='concat'``, to those items' pair tokens), which is what an induction head reads; an item
+    with no earlier item of its class, and every label token, attends to itself."""
+    B, n = classes.shape  # n = L + 1 items, the query last
+    same = (classes[:, :, None] == classes[:, None, :]) & jnp.tril(jnp.ones((n, n), bool), -1)  # (B, n, n) j < i
+    if tokens == "interleaved":  # item i at 2i, its label at 2i + 1; rows and columns laid out over T = 2L + 1
+        T = 2 * n - 1
+        rows = jnp.zeros((B, T, T), bool).at[:, 0::2, 1::2].set(same[:, :, : n - 1])
+    else:
+        T = n
+        rows = same
+    none = ~rows.any(axis=-1, keepdims=True)  # (B, T, 1)
+    rows = rows | (none & jnp.eye(T, dtype=bool))
+    return rows / rows.sum(axis=-1, keepdims=True)
+
+
+PATTERNS = ("previous_token", "induction", "uniform")  # the patterns a training-time clamp can take, by index
+KINDS = ("none", "zero", "clamp")  # what a training-time edit does to its head, by index
+
+
+def pattern_bank(classes: jax.Array, tokens: str) -> jax.Array:
+    """(B, L+1) classes -> (len(PATTERNS), B, T, T): every pattern a clamp can take, for this batch."""
+    induction = induction_pattern(classes, tokens)
+    B, T = induction.shape[:2]
+    fixed = (previous_token_pattern(T), uniform_pattern(T))
+    prev, uniform = (jnp.broadcast_to(p, (B, T, T)) for p in fixed)
+    return jnp.stack([prev, induction, uniform])
+
+
+class EditWindow(NamedTuple):
+    """One member's training-time edit, as data (``intervene`` in the config): int32 scalars (a leading member
+    axis in an ensemble's inputs), indices into ``KINDS`` and ``PATTERNS``."""
+
+    kind: jax.Array
+    layer: jax.Array
+    head: jax.Array
+    pattern: jax.Array
+    start: jax.Array  # the edit applies to the steps that start from step count start ...
+    stop: jax.Array  # ... up to, not including, stop (-1: to the end)
+
+    def active(self, t: jax.Array) -> jax.Array:
+        """Whether the edit applies at step count t (the step that trains on batch t, or the probes after t steps)."""
+        return (self.kind > 0) & (t >= self.start) & ((self.stop < 0) | (t < self.stop))
+
+    def at(self, t: jax.Array, cfg: ModelConfig, classes: jax.Array) -> Intervention:
+        """The intervention of step count t on a batch of these (B, L+1) classes: nothing changed where inactive."""
+        n, H, d = cfg.n_layers, cfg.n_heads, cfg.d_model
+        spot = jax.nn.one_hot(self.layer, n)[:, None] * jax.nn.one_hot(self.head, H)[None, :]  # (layers, H)
+        on = self.active(t)
+        zero = spot * (on & (self.kind == KINDS.index("zero")))
+        clamp = spot * (on & (self.kind == KINDS.index("clamp")))
+        pattern = pattern_bank(classes, cfg.tokens)[self.pattern]  # (B, T, T)
+        B, T = pattern.shape[:2]
+        patterns = jnp.broadcast_to(pattern[None, :, None], (n, B, H, T, T))
+        return Intervention(1.0 - zero, jnp.zeros((n, H, d)), clamp, patterns)

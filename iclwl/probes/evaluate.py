@@ -8,6 +8,7 @@ same sequences and training never draws them. The list of probes is fixed per ru
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -18,8 +19,12 @@ from data_gen import Batch, TaskParams, TaskStatic, Universe, probe_batch, probe
 from data_gen.errors import ConfigError
 from data_gen.universe import labels_of
 from iclwl.config import ModelConfig, ProbeConfig
+from iclwl.models.interventions import Intervention
 from iclwl.models.transformer import Transformer, random_offsets
+from iclwl.probes.ablations import Ablation, head_ablations
 from iclwl.probes.mechanisms import Attention, attention_measures, prediction_sources
+
+ABLATION_STREAM = 1_000_003  # folded into a probe's key for the random heads of ablations (probes.ablation_k)
 
 
 class ProbeMetrics(NamedTuple):
@@ -30,6 +35,7 @@ class ProbeMetrics(NamedTuple):
     measures: dict[str, jax.Array]  # (..., P) each: means of the model's ``query_measures`` (the gated model's gate)
     attention: Attention | None = None  # each (..., P, layers, H); None with probes.mechanisms=false
     sources: jax.Array | None = None  # (..., P, 4) answer shares in measures.SOURCES order
+    ablation: Ablation | None = None  # (..., P, layers, H) and (..., P); None with probes.ablations=off
 
 
 def probe_list(probes: ProbeConfig, st: TaskStatic) -> list[str]:
@@ -52,21 +58,33 @@ def memorised_labels(st: TaskStatic, batch: Batch) -> jax.Array:
 
 
 def evaluate_member(
-    st: TaskStatic, model_cfg: ModelConfig, probes: ProbeConfig, uni: Universe, model, task: TaskParams, key: jax.Array
+    st: TaskStatic,
+    model_cfg: ModelConfig,
+    probes: ProbeConfig,
+    uni: Universe,
+    model,
+    task: TaskParams,
+    key: jax.Array,
+    edit: Callable[[jax.Array], Intervention] | None = None,
 ) -> ProbeMetrics:
-    out = []
+    """Every probe of one member; ``edit`` gives the intervention the transformer runs with on a probe set, from its
+    (n, L+1) classes (a training-time edit inside its window)."""
+    out, sets = [], []
     for i, name in enumerate(probe_list(probes, st)):
         k_batch, k_offset = jax.random.split(jax.random.fold_in(key, i))
         batch = probe_batch(name, st, uni, task, k_batch, probes.n_eval)
         offset = random_offsets(model_cfg, k_offset, probes.n_eval)
+        sets.append((batch, offset))
         attention = sources = None
+        extra = {"intervention": edit(batch.classes)} if edit is not None else {}
         if probes.mechanisms and isinstance(model, Transformer):  # other models have no attention weights
-            logits, weights = model(batch.items, batch.labels, offset, query_only=True, return_attention=True)
+            logits, weights = model(batch.items, batch.labels, offset, query_only=True, return_attention=True,
+                                    **extra)  # fmt: skip
             logits = logits[:, -1]  # (n, n_labels)
             per_layer = functools.partial(attention_measures, classes=batch.classes, tokens=model_cfg.tokens)
             attention = jax.vmap(per_layer)(weights)  # (layers, n, H, T, T) -> each (layers, H)
         else:
-            logits = model(batch.items, batch.labels, offset, query_only=True)[:, -1]  # (n, n_labels)
+            logits = model(batch.items, batch.labels, offset, query_only=True, **extra)[:, -1]  # (n, n_labels)
         if probes.mechanisms:
             pred = jnp.argmax(logits, -1)
             sources = prediction_sources(pred, batch.labels, batch.classes, memorised_labels(st, batch))
@@ -86,4 +104,16 @@ def evaluate_member(
                 sources=sources,
             )
         )
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *out)
+    metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *out)
+    if probes.ablations == "off":
+        return metrics
+    # the heads ranked by their induction score, averaged over the probe sets that have one
+    score = jnp.nanmean(metrics.attention.induction, axis=0) if probes.ablation_k else None
+    ablations = []
+    for i, (batch, offset) in enumerate(sets):
+        T = 2 * batch.labels.shape[1] - 1 if model_cfg.tokens == "interleaved" else batch.labels.shape[1]
+        base = edit(batch.classes) if edit is not None else Intervention.none(model_cfg, T)
+        k_random = jax.random.fold_in(jax.random.fold_in(key, i), ABLATION_STREAM)
+        ablations.append(head_ablations(model, batch, offset, base, probes.ablations, score, probes.ablation_k,
+                                        k_random))  # fmt: skip
+    return metrics._replace(ablation=jax.tree.map(lambda *xs: jnp.stack(xs), *ablations))

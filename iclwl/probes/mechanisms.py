@@ -139,17 +139,17 @@ def headline(measures: dict[str, np.ndarray]) -> dict[str, float | None]:
     head = int(np.nanargmax(induction)) if not np.all(np.isnan(induction)) else 0
     prev = measures["prev_token"][0]
     return {
-        "induction": _number(induction[head]),
-        "relevant_mass": _number(measures["relevant_mass"][-1][head]),
-        "irrelevant_mass": _number(measures["irrelevant_mass"][-1][head]),
+        "induction": number(induction[head]),
+        "relevant_mass": number(measures["relevant_mass"][-1][head]),
+        "irrelevant_mass": number(measures["irrelevant_mass"][-1][head]),
         "prev_token": None if np.all(np.isnan(prev)) else float(np.nanmax(prev)),
     }
 
 
-def _number(x: float) -> float | None:
+def number(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
 
 
 def per_head(values: np.ndarray) -> list[list[float | None]]:
     """(layers, H) -> nested lists for a JSON row, NaN as None."""
-    return [[_number(v) for v in layer] for layer in np.asarray(values, dtype=float)]
+    return [[number(v) for v in layer] for layer in np.asarray(values, dtype=float)]

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from data_gen import DYNAMIC_FIELDS
-from iclwl.config import OPTIM_FIELDS, SEED_COORDS
+from iclwl.config import INTERVENE_FIELDS, OPTIM_FIELDS, SEED_COORDS
 
 ROW_KEY = ("step", "member", "probe")
 # SEED_COORDS are averaged over by reports: a setting is every coordinate but these
 OPTIM_COORDS = OPTIM_FIELDS  # optimizer fields a sweep varies per member
-# Every field a member's coordinates can hold: its seeds and the fields its sweep varies (task or optimizer).
-COORDINATES = (*SEED_COORDS, *DYNAMIC_FIELDS, *OPTIM_COORDS)
+# Every field a member's coordinates can hold: its seeds and the fields its sweep varies (task, optimizer, edit).
+COORDINATES = (*SEED_COORDS, *DYNAMIC_FIELDS, *OPTIM_COORDS, *INTERVENE_FIELDS)
 
-Family = Literal["accuracy", "group", "train", "gate", "attention", "source"]
+Family = Literal["accuracy", "group", "train", "gate", "attention", "source", "ablation"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ MEASURES = (
     Measure("prev_token_lh", "attention", "the previous-token score of every (layer, head)", per_head=True),
     Measure("relevant_mass_lh", "attention", "relevant attention of every (layer, head)", per_head=True),
     Measure("irrelevant_mass_lh", "attention", "irrelevant attention of every (layer, head)", per_head=True),
+    Measure("ablate_drop_lh", "ablation", "accuracy lost when each (layer, head) is ablated", per_head=True),
+    Measure("ablate_topk_drop", "ablation", "accuracy lost when the ablation_k most inductive heads are ablated"),
+    Measure("ablate_random_drop", "ablation", "accuracy lost when as many other heads, drawn at random, are ablated"),
 )
 BY_NAME = {m.name: m for m in MEASURES}
 

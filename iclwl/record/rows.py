@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from iclwl.probes.evaluate import ProbeMetrics
-from iclwl.probes.mechanisms import headline, per_head
+from iclwl.probes.mechanisms import headline, number, per_head
 from iclwl.record.measures import SOURCES
 from iclwl.training.program import Health, Meter
 
@@ -24,7 +24,7 @@ def probe_rows(step: int, probes: ProbeMetrics, names: list[str], coords: list[d
             rows.append(
                 {"step": step, "member": m, "probe": name, "acc": float(probes.acc[m, p]),
                  "loss": float(probes.loss[m, p]), "acc_common": group_acc[0], "acc_rare": group_acc[1],
-                 **_mechanism_fields(probes, m, p),
+                 **_mechanism_fields(probes, m, p), **_ablation_fields(probes, m, p),
                  **{k: float(v[m, p]) for k, v in probes.measures.items()}, **coord}
             )  # fmt: skip
     return rows
@@ -39,6 +39,15 @@ def _mechanism_fields(probes: ProbeMetrics, m: int, p: int) -> dict[str, Any]:
         lh = {k: np.asarray(v[m, p]) for k, v in probes.attention._asdict().items()}  # (layers, H) each
         fields |= {**headline(lh), **{f"{k}_lh": per_head(v) for k, v in lh.items()}}
     return fields
+
+
+def _ablation_fields(probes: ProbeMetrics, m: int, p: int) -> dict[str, Any]:
+    """The fields of the "ablation" family for member m, probe p (none with probes.ablations=off)."""
+    a = probes.ablation
+    if a is None:
+        return {}
+    return {"ablate_drop_lh": per_head(np.asarray(a.drop[m, p])), "ablate_topk_drop": number(float(a.topk_drop[m, p])),
+            "ablate_random_drop": number(float(a.random_drop[m, p]))}  # fmt: skip
 
 
 def train_rows(step: int, meter: Meter, health: Health, coords: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -35,7 +35,9 @@ from typing import Any
 
 from data_gen import ConfigError
 from iclwl.config import WandbConfig
-from iclwl.record.measures import SEED_COORDS, describe, is_measurement
+from iclwl.record.measures import SEED_COORDS, describe, is_measurement, names
+
+PER_HEAD_LOGGED = names("ablation", per_head=True)  # per-(layer, head) lists that W&B gets head by head
 
 IDS_FILE = "wandb_ids.json"
 SUMMARY_LEFT_OUT = ("setting",)  # the text of the coordinates, which are columns of their own
@@ -61,15 +63,19 @@ def default_group(name: str, out_dir: Path) -> str:
 
 
 def step_logs(rows: list[dict[str, Any]], prefix_member: bool) -> dict[int, dict[int, dict[str, Any]]]:
-    """Rows -> {member: {step: {metric name: value}}}: every measurement that is a number (iclwl.record.measures; the
-    per-(layer, head) lists stay in metrics.jsonl); missing values (None) are left out rather than logged."""
+    """Rows -> {member: {step: {metric name: value}}}: every measurement that is a number (iclwl.record.measures), and
+    each head's ablation drop as ``<probe>/ablate_drop/L<layer>H<head>`` (the other per-(layer, head) lists stay in
+    metrics.jsonl); missing values (None) are left out rather than logged."""
     logs: dict[int, dict[int, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
     for row in rows:
-        prefix = f"m{row['member']}/" if prefix_member else ""
+        prefix = f"m{row['member']}/{row['probe']}/" if prefix_member else f"{row['probe']}/"
         entry = logs[row["member"]][row["step"]]
         for field, value in row.items():
             if isinstance(value, int | float) and not isinstance(value, bool) and is_measurement(field, value):
-                entry[f"{prefix}{row['probe']}/{field}"] = value
+                entry[prefix + field] = value
+            elif field in PER_HEAD_LOGGED and isinstance(value, list):
+                entry |= {f"{prefix}{field.removesuffix('_lh')}/L{i}H{j}": v
+                          for i, layer in enumerate(value) for j, v in enumerate(layer) if v is not None}  # fmt: skip
     return logs
 
 

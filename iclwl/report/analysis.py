@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from iclwl.config import flatten
+from iclwl.config import INTERVENE_FIELDS, flatten
 from iclwl.record.files import read_metrics
 from iclwl.record.measures import MECHANISM_SCALARS, ROW_KEY, SEED_COORDS, describe, is_measurement
 
@@ -155,6 +155,7 @@ def _static_coords(runs: list[Run], member_coords: list[str]) -> list[str]:
     """Config fields that differ between runs, less bookkeeping and the base values of swept fields."""
     # task.seed (the class universe) is no member's seed: it stays a candidate
     base = {f"{group}.{c}" for c in member_coords if c not in SEED_COORDS for group in ("task", "optim")}
+    base |= {_intervene_path(c) for c in member_coords if c in INTERVENE_FIELDS}
     if "data_seed" in member_coords:  # task.seed is the base of the members' data seeds
         base.add("task.seed")
     names = sorted({k for run in runs for k in run.config})
@@ -168,7 +169,14 @@ def _static_coords(runs: list[Run], member_coords: list[str]) -> list[str]:
 def _config_value(config: dict[str, Any], coord: str) -> Any:
     if coord == "data_seed":  # a run without train.data_seeds draws every member's data from task.seed
         return config.get("task.seed")
+    if coord in INTERVENE_FIELDS:
+        return config.get(_intervene_path(coord))
     return config.get(f"task.{coord}", config.get(f"optim.{coord}"))
+
+
+def _intervene_path(coord: str) -> str:
+    """``intervene_start`` (a member coordinate) -> ``intervene.start`` (its config field)."""
+    return "intervene." + coord.removeprefix("intervene_")
 
 
 def _setting(row: dict[str, Any], coords: list[str]) -> Setting:

@@ -49,7 +49,7 @@ def _setting_title(setting: tuple) -> str:
     return describe(setting, empty="all runs")
 
 
-def _step_axis(ax, label: bool = True) -> None:
+def step_axis(ax, label: bool = True) -> None:
     """Linear on [0, 1], log beyond: step 0 shows and takes a fifth of a decade, not a whole one."""
     ax.set_xscale("symlog", linthresh=1, linscale=0.2)
     ax.set_xlim(left=0)
@@ -148,7 +148,7 @@ def plot_settings(curves: dict, probes: list[str], chance: dict, path: Path | No
                     g = curves[(setting, f"{probe}:{group}")]
                     ax.plot(g.steps, g.mean, ls, color=color, lw=1.0, label=f"{probe} ({group})")
         _accuracy_axis(ax, chance[setting])
-        _step_axis(ax, label=r == grid.nrows - 1)
+        step_axis(ax, label=r == grid.nrows - 1)
     _label_grid(axes, grid, settings)
     for r, ax in enumerate(axes[:, 0]):  # a grid's row header above the axis label
         ax.set_ylabel(f"{grid.rows[r]}\naccuracy" if grid.rows else "accuracy", fontsize=8)
@@ -245,7 +245,7 @@ def plot_mechanisms(curves: dict, table: list[dict[str, Any]], probes: tuple[str
         _accuracy_axis(bottom)
         bottom.set_ylabel(f"share of {sourced} answers", fontsize=8)
         for ax in (top, bottom):
-            _step_axis(ax, label=ax is bottom and r == grid.nrows - 1)
+            step_axis(ax, label=ax is bottom and r == grid.nrows - 1)
     _label_grid(tops, grid, settings)
     for r in range(grid.nrows):
         for c in range(grid.ncols):

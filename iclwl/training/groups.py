@@ -82,8 +82,9 @@ class Groups:
         self.states = [self.ens.chunk(self.uni, s, m, np.int32(t), np.int32(stop), n=n)[0]
                        for s, m in zip(self.states, self.mems, strict=True)]  # fmt: skip
 
-    def evaluate(self):
-        return self._join([self.ens.evaluate(self.uni, s.params, m)
+    def evaluate(self, t: int = 0):
+        """Every probe of every member after t steps."""
+        return self._join([self.ens.evaluate(self.uni, s.params, m, t)
                            for s, m in zip(self.states, self.mems, strict=True)])  # fmt: skip
 
     def reset_meters(self) -> None:
@@ -100,7 +101,7 @@ class Groups:
         (None where the backend does not say). Compiling here is not wasted: the run reuses the programs."""
         s, m, t = self.states[0], self.mems[0], jnp.int32(0)
         programs = [self.ens.chunk.lower(self.uni, s, m, t, t, n=chunk_steps),
-                    self.ens.evaluate.lower(self.uni, s.params, m)]  # fmt: skip
+                    self.ens.evaluate_jit.lower(self.uni, s.params, m, t)]  # fmt: skip
         sizes = []
         for lowered in programs:
             stats = lowered.compile().memory_analysis()

@@ -41,11 +41,13 @@ from iclwl.config import (
     ProbeConfig,
     TrainConfig,
     member_data_seeds,
+    member_interventions,
     member_optims,
     member_tasks,
     members,
 )
 from iclwl.models.architectures import build_model
+from iclwl.models.interventions import KINDS, PATTERNS, EditWindow
 from iclwl.models.transformer import random_offsets
 from iclwl.probes.evaluate import evaluate_member
 from iclwl.training.optim import OptimParams, make_optimizer
@@ -120,6 +122,8 @@ class Program:
     train: TrainConfig  # with seeds blanked: they are data, not program
     probes: ProbeConfig
     mesh: Mesh | None = None  # iclwl.training.sharding.Layout's mesh; None: one device
+    edits: bool = False  # some member edits a head while it trains (MemberInputs.edit); the rest is data
+    edit_probes: bool = False  # ... and the probes inside its window see the edit too
 
     @classmethod
     def of(cls, cfg: Config, st: TaskStatic, mesh: Mesh | None = None) -> Program:
@@ -132,7 +136,9 @@ class Program:
         train = dataclasses.replace(cfg.train, seeds=(), resume=None, max_members=0, memory_fraction=1.0,
                                     member_loop=loop, split_batch=None, cpu_devices=0, compile_cache="",
                                     distributed="off", coordinator=None, num_processes=0, process_id=-1)  # fmt: skip
-        return cls(st, cfg.model, optim, train, cfg.probes, mesh if mesh is not None and mesh.size > 1 else None)
+        edits = any(e.kind != "none" for e in member_interventions(cfg))
+        return cls(st, cfg.model, optim, train, cfg.probes, mesh if mesh is not None and mesh.size > 1 else None,
+                   edits, edits and cfg.intervene.probes)  # fmt: skip
 
 
 def ensemble_static(cfg: Config) -> TaskStatic:
@@ -160,6 +166,7 @@ class MemberInputs(NamedTuple):
     eval_key: jax.Array
     # each member's class universe when the members' data seeds differ; None: every member uses the shared one
     universe: Universe | None = None
+    edit: EditWindow | None = None  # each member's training-time edit; None when no member has one
 
 
 def member_universes(cfg: Config) -> Universe | None:
@@ -186,7 +193,16 @@ def member_inputs(cfg: Config) -> tuple[jax.Array, MemberInputs]:
     optims = member_optims(cfg)
     optim = OptimParams(jnp.array([o.lr for o in optims], jnp.float32),
                         jnp.array([o.weight_decay for o in optims], jnp.float32))  # fmt: skip
-    return init, MemberInputs(task, optim, data, ev, member_universes(cfg))
+    return init, MemberInputs(task, optim, data, ev, member_universes(cfg), member_edits(cfg))
+
+
+def member_edits(cfg: Config) -> EditWindow | None:
+    """Every member's ``intervene`` as an ``EditWindow`` along a member axis; None when none edits."""
+    edits = member_interventions(cfg)
+    if all(e.kind == "none" for e in edits):
+        return None
+    rows = [(KINDS.index(e.kind), e.layer, e.head, PATTERNS.index(e.pattern), e.start, e.stop) for e in edits]
+    return EditWindow(*(jnp.array(col, jnp.int32) for col in zip(*rows, strict=True)))
 
 
 @functools.lru_cache(maxsize=8)
@@ -213,8 +229,12 @@ class Ensemble:
             init_out = NamedSharding(prog.mesh, PartitionSpec("members"))
             chunk_out = (init_out, NamedSharding(prog.mesh, PartitionSpec(None, "members")))
         self.init = jax.jit(jax.vmap(self._init_member), out_shardings=init_out)
-        self.evaluate = jax.jit(jax.vmap(self._evaluate_member, in_axes=(None, 0, 0)))
+        self.evaluate_jit = jax.jit(jax.vmap(self._evaluate_member, in_axes=(None, 0, 0, None)))
         self.chunk = jax.jit(self._chunk, static_argnames=("n", "trace"), donate_argnums=1, out_shardings=chunk_out)
+
+    def evaluate(self, uni: Universe | None, params: nnx.State, mem: MemberInputs, t: int = 0):
+        """Every probe of every member, after t training steps (which only edits inside their window read)."""
+        return self.evaluate_jit(uni, params, mem, jnp.int32(t))
 
     def step_flops(self, uni: Universe | None, mem: MemberInputs) -> float | None:
         """FLOPs of one member's training step (its batch, forward and backward), as XLA counts the traced
@@ -224,7 +244,7 @@ class Ensemble:
         params = nnx.state(nnx.eval_shape(lambda: self.make_model(jax.random.key(0))), nnx.Param)
         grad = jax.jit(jax.grad(self._loss, has_aux=True))
         try:
-            cost = grad.lower(params, uni, one.task, one.data_key).cost_analysis()
+            cost = grad.lower(params, uni, one.task, one.data_key, one.edit, jnp.int32(0)).cost_analysis()
         except NotImplementedError:
             return None
         cost = cost[0] if isinstance(cost, list) and cost else cost
@@ -236,7 +256,8 @@ class Ensemble:
         health = Health(jnp.bool_(True), jnp.int32(-1), jnp.float32(0))
         return TrainState(params, self.tx.init(params), health, zero_meter())
 
-    def _loss(self, params: nnx.State, uni: Universe, task: TaskParams, key: jax.Array):
+    def _loss(self, params: nnx.State, uni: Universe, task: TaskParams, key: jax.Array, edit: EditWindow | None,
+              t: jax.Array):  # fmt: skip
         k_batch, k_offset = jax.random.split(key)
         B = self.prog.train.batch_size
         batch = sample_batch(self.prog.task, uni, task, k_batch, B)
@@ -244,8 +265,9 @@ class Ensemble:
         if mesh is not None and mesh.shape["batch"] > 1:  # few members: split each one's batch over devices
             batch = jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, PartitionSpec("batch")))
         model = nnx.merge(self.graphdef, params)
+        intervention = edit.at(t, self.prog.model, batch.classes) if edit is not None else None
         logits = model(batch.items, batch.labels, random_offsets(self.prog.model, k_offset, B),
-                       query_only=not self.prog.train.context_loss)  # fmt: skip
+                       query_only=not self.prog.train.context_loss, intervention=intervention)  # fmt: skip
         targets = batch.labels[:, -logits.shape[1] :]  # (B, R): the query's, or every item's label
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # (B, R)
         acc = jnp.mean(jnp.argmax(logits[:, -1], -1) == targets[:, -1])
@@ -255,7 +277,7 @@ class Ensemble:
         """Step t + 1 of one member (batch t); a step that is not finite is discarded and stops the member."""
         uni = mem.universe if mem.universe is not None else uni
         key = jax.random.fold_in(mem.data_key, t)
-        grads, (loss, acc) = jax.grad(self._loss, has_aux=True)(state.params, uni, mem.task, key)
+        grads, (loss, acc) = jax.grad(self._loss, has_aux=True)(state.params, uni, mem.task, key, mem.edit, t)
         tx = make_optimizer(self.prog.optim, self.prog.train.steps, state.params, mem.optim)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -270,10 +292,14 @@ class Ensemble:
         meter = Meter(m.loss + jnp.where(take, loss, 0), m.acc + jnp.where(take, acc, 0), m.steps + take)
         return TrainState(params, opt_state, health, meter), loss, acc, take
 
-    def _evaluate_member(self, uni: Universe | None, params: nnx.State, mem: MemberInputs):
+    def _evaluate_member(self, uni: Universe | None, params: nnx.State, mem: MemberInputs, t: jax.Array):
         uni = mem.universe if mem.universe is not None else uni
         model = nnx.merge(self.graphdef, params)
-        return evaluate_member(self.prog.task, self.prog.model, self.prog.probes, uni, model, mem.task, mem.eval_key)
+        edit = None
+        if self.prog.edit_probes:
+            edit = lambda classes: mem.edit.at(t, self.prog.model, classes)
+        return evaluate_member(self.prog.task, self.prog.model, self.prog.probes, uni, model, mem.task, mem.eval_key,
+                               edit)  # fmt: skip
 
     # ---- all members, many steps
     def _chunk(self, uni: Universe | None, state: TrainState, mem: MemberInputs, t0, stop, n: int,
