@@ -91,10 +91,18 @@ def test_an_empty_ablation_is_the_plain_model():
 def test_random_heads_are_never_the_top_ones_and_always_k():
     score = jnp.array([[0.1, 0.9, 0.2], [0.8, jnp.nan, 0.0]])  # (layers, H)
     masks = np.asarray(topk_and_random_masks(score, 2, jax.random.key(0)))
-    assert masks.shape == (1 + RANDOM_SETS, 2, 3)
     np.testing.assert_array_equal(masks[0], [[0, 1, 0], [1, 0, 0]])  # 0.9 and 0.8; NaN ranks last
+    # the 4 other heads hold 6 sets of 2: RANDOM_SETS of them drawn, none with a top head
+    assert masks.shape == (1 + RANDOM_SETS, 2, 3)
     assert (masks.reshape(1 + RANDOM_SETS, -1).sum(1) == 2).all()
     assert not (masks[1:] * masks[0]).any()
+
+
+def test_few_other_sets_are_all_taken_once():
+    score = jnp.array([[0.5, 0.1], [0.9, 0.2]])  # top 1: L1H0; the other three heads hold 3 sets of 1
+    masks = np.asarray(topk_and_random_masks(score, 1, jax.random.key(0)))
+    np.testing.assert_array_equal(masks[0], [[0, 0], [1, 0]])
+    assert sorted(map(tuple, masks[1:].reshape(3, -1))) == [(0, 0, 0, 1), (0, 1, 0, 0), (1, 0, 0, 0)]
 
 
 def test_wandb_gets_each_heads_drop():

@@ -12,16 +12,19 @@ the same pass (``Transformer`` with an ``Intervention``), so a head that does no
 
 With ``probes.ablation_k = k``, also the drop when the k heads of highest induction score are replaced together,
 against k heads drawn at random from the others (the mean over ``RANDOM_SETS`` draws, the same draws at every
-evaluation): whether the inductive heads are the load-bearing ones or any k heads would do. The ranking is the
-member's induction score (``iclwl.probes.mechanisms``) at this evaluation, averaged over the probe sets that have
-one.
+evaluation; where the others hold at most ``RANDOM_SETS`` sets of k, the mean over all of them): whether the
+inductive heads are the load-bearing ones or any k heads would do. The ranking is the member's induction score
+(``iclwl.probes.mechanisms``) at this evaluation, averaged over the probe sets that have one.
 
-Cost: every head adds one forward pass of each probe set, and top-k vs random adds 1 + ``RANDOM_SETS``; the
-mean needs one more pass to collect the heads' outputs.
+Cost: one forward pass of each probe set for the reference and one for every head; top-k vs random adds one
+for the top-k and one per random set (at most ``RANDOM_SETS``); the mean needs one more to collect the heads'
+outputs. These passes take the plain forward pass (every token), the probes' own pass the fast one.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import NamedTuple
 
 import jax
@@ -37,7 +40,7 @@ class Ablation(NamedTuple):
 
     drop: jax.Array  # (layers, H) accuracy lost when each head is replaced
     topk_drop: jax.Array  # () accuracy lost when the k most inductive heads are replaced; NaN with k = 0
-    random_drop: jax.Array  # () the same for k other heads drawn at random, mean over RANDOM_SETS draws
+    random_drop: jax.Array  # () the same for k other heads drawn at random, mean over the sets
 
 
 def head_masks(layers: int, H: int) -> jax.Array:
@@ -46,14 +49,20 @@ def head_masks(layers: int, H: int) -> jax.Array:
 
 
 def topk_and_random_masks(score: jax.Array, k: int, key: jax.Array) -> jax.Array:
-    """(1 + RANDOM_SETS, layers, H) masks: the k heads of highest ``score`` (layers, H; NaN ranks last), then
-    RANDOM_SETS sets of k heads drawn uniformly from the others."""
+    """(1 + R, layers, H) masks: the k heads of highest ``score`` (layers, H; NaN ranks last), then R sets of k of
+    the other heads: every such set when there are at most RANDOM_SETS of them (R of them, an exact mean), else
+    RANDOM_SETS sets drawn uniformly."""
     flat = jnp.nan_to_num(score.reshape(-1), nan=-jnp.inf)
     n = flat.shape[0]
-    top = jnp.zeros(n).at[jax.lax.top_k(flat, k)[1]].set(1.0)
-    draws = jax.random.uniform(key, (RANDOM_SETS, n))
-    draws = jnp.where(top > 0, -1.0, draws)  # never one of the top heads
-    picked = jax.vmap(lambda d: jnp.zeros(n).at[jax.lax.top_k(d, k)[1]].set(1.0))(draws)
+    order = jnp.argsort(-flat, stable=True)  # heads by score, highest first
+    top = jnp.zeros(n).at[order[:k]].set(1.0)
+    if math.comb(n - k, k) <= RANDOM_SETS:  # few enough: all of them
+        picks = jnp.array(list(itertools.combinations(range(n - k), k)))  # (R, k) places among the others
+        others = order[k:][picks]  # (R, k) heads
+    else:
+        draws = jnp.where(top > 0, -1.0, jax.random.uniform(key, (RANDOM_SETS, n)))  # never one of the top heads
+        others = jax.vmap(lambda d: jax.lax.top_k(d, k)[1])(draws)  # (RANDOM_SETS, k)
+    picked = jax.vmap(lambda idx: jnp.zeros(n).at[idx].set(1.0))(others)
     return jnp.concatenate([top[None], picked]).reshape(-1, *score.shape)
 
 

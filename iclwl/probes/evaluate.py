@@ -105,7 +105,7 @@ def evaluate_member(
             )
         )
     metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *out)
-    if probes.ablations == "off":
+    if probes.ablations == "off" or not isinstance(model, Transformer):  # reference predictors have no heads
         return metrics
     # the heads ranked by their induction score, averaged over the probe sets that have one
     score = jnp.nanmean(metrics.attention.induction, axis=0) if probes.ablation_k else None
