@@ -131,3 +131,19 @@ def test_reddy2023_bursty_onset_after_plateau_iid_gives_iwl(tmp_path):
     induction = {r["step"]: r["induction"] for r in rows if r["probe"] == "icl_novel" and r["p_bursty"] == 1.0}
     assert induction[plateau] < 0.2
     assert final(rows, "icl_novel", "induction", p_bursty=1.0) > 0.5
+
+
+def test_reddy2023_interventions_both_heads_carry_icl_and_a_previous_token_head_comes_first(tmp_path):
+    rows = train(tmp_path, "reddy2023_interventions_cpu")
+    # untouched: ICL; each head's ablation costs most of it, the top head by induction score is the second layer's
+    assert final(rows, "icl_novel", intervene_kind="none") > 0.9
+    drops = [r for r in rows if r["probe"] == "icl_novel" and r["intervene_kind"] == "none" and r["step"] == 2000]
+    assert all(min(d[0] for d in r["ablate_drop_lh"]) > 0.5 for r in drops)
+    assert all(r["ablate_topk_drop"] == r["ablate_drop_lh"][1][0] for r in drops)
+    # without the first layer's head no induction head forms: ICL stays at copying a random context label
+    assert final(rows, "icl_novel", intervene_kind="zero") < 0.35
+    assert final(rows, "icl_novel", "induction", intervene_kind="zero") < 0.3
+    # a ready-made previous-token head brings ICL forward
+    clamped = first_step_at(rows, "icl_novel", 0.516, intervene_kind="clamp")
+    untouched = first_step_at(rows, "icl_novel", 0.516, intervene_kind="none")
+    assert clamped is not None and untouched is not None and clamped < untouched

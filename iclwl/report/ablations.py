@@ -83,7 +83,7 @@ def format_ablations(drops: dict[tuple[Setting, str], HeadDrops], probes: tuple[
     text = [
         f"Accuracy lost on {probes[0]} (ICL) and {probes[1]} (IWL) at the last evaluation when each head is "
         "ablated (seed mean; positive: the probe needs the head), and when the k heads of highest induction score "
-        "are ablated together against k other heads drawn at random (docs/mechanisms.md).",
+        "are ablated together against k other heads drawn at random (docs/interventions.md).",
         "",
         markdown_table(("setting", "probe", *names, "top-k", "random k"), rows),
     ]
