@@ -48,3 +48,37 @@ def test_a_directory_that_cannot_be_written_is_refused_naming_the_field(tmp_path
     blocked.write_text("not a directory")
     with pytest.raises(ConfigError, match=r"train\.compile_cache = .*must be 'auto', 'off' or a writable directory"):
         use_compile_cache(str(blocked / "cache"))
+
+
+@pytest.fixture
+def jax_cache_settings():
+    """Restores the two settings of JAX's cache a test changes."""
+    import jax
+
+    names = ("jax_enable_compilation_cache", "jax_compilation_cache_dir")
+    saved = {n: getattr(jax.config, n) for n in names}
+    yield jax.config
+    for n, v in saved.items():
+        jax.config.update(n, v)
+
+
+def test_remembered_numbers_are_computed_once_per_key(jax_cache_settings, tmp_path):
+    from iclwl.training.compile_cache import remembered
+
+    jax_cache_settings.update("jax_enable_compilation_cache", True)
+    jax_cache_settings.update("jax_compilation_cache_dir", str(tmp_path))
+    calls = []
+
+    def compute(value):
+        calls.append(value)
+        return value
+
+    assert remembered("flops", ("program", 1), lambda: compute(5.0)) == 5.0
+    assert remembered("flops", ("program", 1), lambda: compute(6.0)) == 5.0  # read, not computed
+    assert remembered("flops", ("program", 2), lambda: compute(None)) is None
+    assert calls == [5.0, None]
+    (tmp_path / "iclwl-flops.json").write_text('{"cut sh')  # a file cut short is started again
+    assert remembered("flops", ("program", 1), lambda: compute(7.0)) == 7.0
+    jax_cache_settings.update("jax_enable_compilation_cache", False)  # off: computed every time
+    assert remembered("flops", ("program", 1), lambda: compute(8.0)) == 8.0
+    assert calls == [5.0, None, 7.0, 8.0]

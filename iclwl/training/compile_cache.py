@@ -11,11 +11,17 @@ Every program is cached, however quickly it compiled (a tiny model's programs co
 default threshold of one second, and there are several of them). The directory is bounded (least recently used
 entries go first) unless ``JAX_COMPILATION_CACHE_MAX_SIZE`` says otherwise. Like the CPU device count, the cache
 applies when set before the process compiles anything; ``iclwl.run`` sets it first.
+
+The same directory keeps numbers that cost a trace to find (``remembered``: the FLOP count of a member's step that
+placement reads), so a second run of a program does not trace it for them again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -59,3 +65,29 @@ def use_compile_cache(setting: str) -> Path | None:
     if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
         jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return where
+
+
+def remembered(name: str, key: object, compute: Callable[[], float | None]) -> float | None:
+    """``compute()``, kept in ``<cache dir>/iclwl-<name>.json`` under ``key`` (its repr, with JAX's version and
+    backend): a later call with an equal key reads it instead. Computed every time when the cache is off."""
+    where = jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache else None
+    if not where:
+        return compute()
+    path = Path(where) / f"iclwl-{name}.json"
+    text = f"{key!r} jax {jax.__version__} {jax.default_backend()}"
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or a file cut short: start again
+        table = {}
+    if digest in table:
+        return table[digest]
+    value = compute()
+    table[digest] = value
+    try:  # whole or not at all; two processes writing at once lose an entry, not the file
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache that cannot be written costs a trace next time, nothing else
+    return value

@@ -25,6 +25,7 @@ import numpy as np
 from data_gen import ConfigError, TaskStatic, Universe
 from data_gen.universe import universe_bytes
 from iclwl.config import Config, member_data_seeds
+from iclwl.training.compile_cache import remembered
 from iclwl.training.distributed import to_host
 from iclwl.training.program import Health, MemberInputs, Meter, Program, TrainState, compiled, zero_meter
 from iclwl.training.sharding import needs_step_flops, place
@@ -164,7 +165,8 @@ def fit_groups(cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array,
     size, whole = min(cfg.train.max_members or M, M), None
     t = cfg.train
     decide = needs_step_flops(t.member_loop, t.split_batch, devices)
-    flops = compiled(Program.of(cfg, st)).step_flops(uni, mem) if decide else None
+    program = Program.of(cfg, st)
+    flops = remembered("step-flops", program, lambda: compiled(program).step_flops(uni, mem)) if decide else None
     if jax.process_count() > 1:  # every process must make the same groups: one, whatever its own free memory
         return _one_group_over_processes(cfg, st, uni, init_keys, mem, devices, flops)
     while True:
