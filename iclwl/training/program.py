@@ -265,9 +265,10 @@ class Ensemble:
         if mesh is not None and mesh.shape["batch"] > 1:  # few members: split each one's batch over devices
             batch = jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, PartitionSpec("batch")))
         model = nnx.merge(self.graphdef, params)
-        intervention = edit.at(t, self.prog.model, batch.classes) if edit is not None else None
+        # only the transformer takes an intervention (the config refuses edits for the other archs)
+        extra = {"intervention": edit.at(t, self.prog.model, batch.classes)} if edit is not None else {}
         logits = model(batch.items, batch.labels, random_offsets(self.prog.model, k_offset, B),
-                       query_only=not self.prog.train.context_loss, intervention=intervention)  # fmt: skip
+                       query_only=not self.prog.train.context_loss, **extra)  # fmt: skip
         targets = batch.labels[:, -logits.shape[1] :]  # (B, R): the query's, or every item's label
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # (B, R)
         acc = jnp.mean(jnp.argmax(logits[:, -1], -1) == targets[:, -1])
