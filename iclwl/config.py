@@ -436,6 +436,11 @@ def _validate_ablations(p: ProbeConfig, m: ModelConfig) -> None:
           "ranks heads by their induction score: needs probes.mechanisms=true (or ablation_k=0)")  # fmt: skip
 
 
+def _intervene_path(cfg: Config, f: str) -> str:
+    """Where field f of the members' edits is set: ``sweep.intervene_<f>`` when swept, else ``intervene.<f>``."""
+    return f"sweep.intervene_{f}" if getattr(cfg.sweep, f"intervene_{f}") else f"intervene.{f}"
+
+
 def _validate_interventions(cfg: Config) -> None:
     hints = typing.get_type_hints(InterveneConfig)
     for k in INTERVENE_FIELDS:  # swept values are untyped lists: each is checked as the field it sets
@@ -446,9 +451,10 @@ def _validate_interventions(cfg: Config) -> None:
         if e.kind == "none":
             continue
 
-        def need(ok: bool, f: str, rule: str, e=e, coords=coords, i=i) -> None:
-            path = f"sweep.intervene_{f}" if getattr(cfg.sweep, f"intervene_{f}") else f"intervene.{f}"
-            _need(ok, path, getattr(e, f), rule + (f" (member {i}: {coords})" if swept else ""))
+        where = f" (member {i}: {coords})" if swept else ""
+
+        def need(ok: bool, f: str, rule: str, e=e, where=where) -> None:  # f: the field of the edit
+            _need(ok, _intervene_path(cfg, f), getattr(e, f), rule + where)
 
         need(m.arch == "transformer", "kind", f"edits attention heads: needs model.arch=transformer (not {m.arch})")
         need(0 <= e.layer < m.n_layers, "layer", f"must be in 0 .. model.n_layers - 1 ({m.n_layers - 1})")

@@ -2,7 +2,6 @@
 label of the context item that matches the query and the other writes where the readout never looks, only the
 copying head's ablation costs accuracy, and the top-1 head by induction score is that head."""
 
-import dataclasses
 import json
 
 import jax
@@ -80,12 +79,11 @@ def test_without_top_k_only_the_heads():
 
 def test_an_empty_ablation_is_the_plain_model():
     """The reference accuracy of the ablations (nothing replaced) is the probe's accuracy."""
-    model, st = copying_model(), static_part(TASK)
+    model = copying_model()
     batch = jax.random.normal(jax.random.key(0), (4, L + 1, D)), jnp.zeros((4, L + 1), jnp.int32)
     plain = model(*batch, query_only=True)
     edited = model(*batch, query_only=True, intervention=Intervention.none(CFG, L + 1))
     np.testing.assert_allclose(plain, edited, rtol=1e-5, atol=1e-6)
-    assert st.L == L
 
 
 def test_random_heads_are_never_the_top_ones_and_always_k():
@@ -139,7 +137,6 @@ def test_bad_ablations_are_refused(probes, model, rule):
 
 def test_ablation_k_is_not_read_without_ablations():
     assert from_dict(probes_config(ablation_k=5)).probes.ablation_k == 5
-    assert dataclasses.fields(ProbeConfig)  # the schema holds the new fields
 
 
 def test_report_shows_each_heads_drop_and_top_k_against_random(tmp_path):

@@ -296,9 +296,7 @@ class Ensemble:
     def _evaluate_member(self, uni: Universe | None, params: nnx.State, mem: MemberInputs, t: jax.Array):
         uni = mem.universe if mem.universe is not None else uni
         model = nnx.merge(self.graphdef, params)
-        edit = None
-        if self.prog.edit_probes:
-            edit = lambda classes: mem.edit.at(t, self.prog.model, classes)
+        edit = functools.partial(mem.edit.at, t, self.prog.model) if self.prog.edit_probes else None
         return evaluate_member(self.prog.task, self.prog.model, self.prog.probes, uni, model, mem.task, mem.eval_key,
                                edit)  # fmt: skip
 
