@@ -8,9 +8,15 @@ import pytest
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["WANDB_MODE"] = "disabled"
+# XLA's backend optimisations off: the tests' programs are tiny and run few steps, so compiling them is most of
+# their time, and at level 0 it takes about half as long. Every check here compares runs made with the same flags
+# or asserts properties that hold at any level (the processes tests start inherit the flag).
+FAST_COMPILE = "--xla_backend_optimization_level=0"
 # One CPU device, in this process and in the train.py processes tests start, unless a test asks for more: runs
 # would otherwise split the host one device per core (train.cpu_devices), and how many depends on the machine.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+if FAST_COMPILE not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " " + FAST_COMPILE
 # Tests that run train.py several times with one config (kill and resume, sharded vs not) would compile the same
 # programs in every process: JAX's persistent compilation cache, in a directory of this session, shares them
 # (train.compile_cache=auto reads this variable; it caches every program, however fast it compiled).

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import FAST_COMPILE
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 300
@@ -25,7 +26,7 @@ ARGS = ["experiment=none", "task.n_classes=72", "task.n_holdout=8", "task.D=8", 
 def _env() -> dict[str, str]:
     """The tests' environment without their one-device XLA flag: train.cpu_devices decides."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return {**env, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    return {**env, "XLA_FLAGS": FAST_COMPILE, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 
 
 def _free_port() -> int:

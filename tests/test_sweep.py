@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from conftest import FAST_COMPILE
 from test_training import tiny, train
 
 from data_gen import ConfigError, make_universe
@@ -106,7 +107,7 @@ ARGS = ["experiment=none", "task.n_classes=72", "task.n_holdout=8", "task.D=8", 
 def _run(tmp: Path, name: str, devices: int | None, *extra: str) -> list[dict]:
     """train.py in a process with ``devices`` CPU devices (None: as many as ``train.cpu_devices`` asks for); its
     stdout (with Hydra's log, where JAX notes each compilation) is kept in the run directory."""
-    flags = "" if devices is None else f"--xla_force_host_platform_device_count={devices}"
+    flags = FAST_COMPILE + ("" if devices is None else f" --xla_force_host_platform_device_count={devices}")
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "disabled", "XLA_FLAGS": flags, "JAX_LOG_COMPILES": "1"}
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), *ARGS, *extra, f"hydra.run.dir={name}"], cwd=tmp,
                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
