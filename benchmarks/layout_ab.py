@@ -10,7 +10,10 @@ drift reaches alike.
     python benchmarks/layout_ab.py --settings chan2024 --variants 9:auto 9x1:map 9x1:vmap 9x2:vmap
 
 Variants:
-- ``M:auto``: M members placed as ``train.py`` places them by default (``iclwl.training.sharding.place``);
+- ``M:auto``: M members placed by the step-size rule (``iclwl.training.sharding.place``, ``train.placement=rule``);
+- ``M:measure``: M members placed as ``train.placement=measure`` places them (``iclwl.training.trial``: the
+  candidate layouts timed at the start, the fastest taken; the measurement is made in this process, before the
+  rounds);
 - ``MxN:loop``: M members over the first N devices (padded to a multiple of N), the members of a device run by
   ``loop`` (``map`` or ``vmap``), batches not split (``train.split_batch=false``);
 - ``MxN:loop:batch``: the same with ``train.split_batch=true``: when members are fewer than devices, each member's
@@ -30,6 +33,9 @@ from typing import NamedTuple
 import jax
 from train_throughput import SETTINGS, LibraryRun
 
+from iclwl.config import Config, validate_config
+from iclwl.training.groups import fit_groups
+from iclwl.training.program import ensemble_static, member_inputs, shared_universe
 from iclwl.training.sharding import use_cpu_devices
 
 
@@ -42,21 +48,22 @@ class Variant(NamedTuple):
     @property
     def name(self) -> str:
         if self.devices is None:
-            return f"{self.members}:auto"
+            return f"{self.members}:{self.loop}"
         return f"{self.members}x{self.devices}:{self.loop}" + (":batch" if self.split_batch else "")
 
 
 def variant(text: str) -> Variant:
     parts = text.split(":")
     try:
-        if len(parts) == 2 and parts[1] == "auto":
-            return _checked(Variant(int(parts[0]), None, "auto", None), text)
+        if len(parts) == 2 and parts[1] in ("auto", "measure"):
+            return _checked(Variant(int(parts[0]), None, parts[1], None), text)
         members, devices = (int(x) for x in parts[0].split("x"))
         if len(parts) in (2, 3) and parts[1] in ("map", "vmap") and parts[2:] in ([], ["batch"]):
             return _checked(Variant(members, devices, parts[1], len(parts) == 3), text)
     except ValueError:
         pass
-    raise argparse.ArgumentTypeError(f"variant {text!r}: expected M:auto, MxN:map, MxN:vmap or MxN:vmap:batch")
+    raise argparse.ArgumentTypeError(f"variant {text!r}: expected M:auto, M:measure, MxN:map, MxN:vmap or "
+                                     "MxN:vmap:batch")  # fmt: skip
 
 
 def _checked(v: Variant, text: str) -> Variant:
@@ -66,10 +73,11 @@ def _checked(v: Variant, text: str) -> Variant:
 
 
 def grid(members: list[int], n_devices: int) -> list[Variant]:
-    """For each M: auto, then every fixed layout (1 and all devices, map and vmap, batch split where M < N)."""
+    """For each M: auto, measure, then every fixed layout (1 and all devices, map and vmap, batch split where
+    M < N)."""
     out = []
     for M in members:
-        out.append(Variant(M, None, "auto", None))
+        out += [Variant(M, None, "auto", None), Variant(M, None, "measure", None)]
         for N in sorted({1, n_devices}):
             for loop in ("map", "vmap"):
                 if M >= N or N == 1:  # fewer members than devices, batches whole: the layout of M devices
@@ -77,6 +85,16 @@ def grid(members: list[int], n_devices: int) -> list[Variant]:
                 if M < N:
                     out.append(Variant(M, N, loop, True))
     return out
+
+
+def measured(cfg: Config, M: int) -> tuple[str, bool]:
+    """The member loop and batch split ``train.placement=measure`` chooses for M members (printed with its times)."""
+    train = dataclasses.replace(cfg.train, seeds=tuple(range(M)), placement="measure")
+    c = validate_config(dataclasses.replace(cfg, train=train))
+    st = ensemble_static(c)
+    groups = fit_groups(c, st, shared_universe(c, st), *member_inputs(c))
+    print(f"{M}:measure: {groups.describe()}", flush=True)
+    return groups.placement.loop, groups.layout.mesh.shape["batch"] > 1
 
 
 def main() -> None:
@@ -105,7 +123,8 @@ def main() -> None:
         cfg = SETTINGS[name]
         runs = []
         for v in variants:
-            train = dataclasses.replace(cfg.train, member_loop=v.loop, split_batch=v.split_batch)
+            loop, split = (v.loop, v.split_batch) if v.loop != "measure" else measured(cfg, v.members)
+            train = dataclasses.replace(cfg.train, member_loop=loop, split_batch=split)
             use = None if v.devices is None else devices[: v.devices]
             runs.append(LibraryRun(dataclasses.replace(cfg, train=train), v.members, use))
         steps = [max(10, args.member_steps // v.members) for v in variants]

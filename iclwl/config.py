@@ -90,6 +90,10 @@ class TrainConfig:
     # split one member's batch over devices when members are fewer than devices; null = auto: on accelerators yes,
     # on CPU only for large steps (where it pays; for small ones it halved the speed)
     split_batch: bool | None = None
+    # how the open choices of member_loop and split_batch are made: 'rule' by the size of a member's step, 'measure'
+    # by timing each candidate layout at the start, 'auto' measures where the rule is unsure and the run is long
+    # (iclwl.training.trial); a measured choice is kept with the compilation cache for later runs of the program
+    placement: Literal["auto", "rule", "measure"] = "auto"
     # CPU only: split the host into this many JAX devices, so members (or one member's batch) get a core each;
     # 0 = one per core, at most 8 (docs/benchmarks.md: on 2 cores, 16 members train 1.6-1.75x the member-steps/s of
     # 16 on one device). Applies when a process first uses JAX (iclwl.training.sharding.use_cpu_devices)

@@ -12,8 +12,9 @@ default threshold of one second, and there are several of them). The directory i
 entries go first) unless ``JAX_COMPILATION_CACHE_MAX_SIZE`` says otherwise. Like the CPU device count, the cache
 applies when set before the process compiles anything; ``iclwl.run`` sets it first.
 
-The same directory keeps numbers that cost a trace to find (``remembered``: the FLOP count of a member's step that
-placement reads), so a second run of a program does not trace it for them again.
+The same directory keeps what costs a trace or a measurement to find (``remembered``: the FLOP count of a member's
+step that placement reads, and the layout ``train.placement`` measured fastest), so a second run of a program does
+not trace or time it again.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 
@@ -67,9 +69,10 @@ def use_compile_cache(setting: str) -> Path | None:
     return where
 
 
-def remembered(name: str, key: object, compute: Callable[[], float | None]) -> float | None:
-    """``compute()``, kept in ``<cache dir>/iclwl-<name>.json`` under ``key`` (its repr, with JAX's version and
-    backend): a later call with an equal key reads it instead. Computed every time when the cache is off."""
+def remembered(name: str, key: object, compute: Callable[[], Any]) -> Any:
+    """``compute()`` (a JSON value), kept in ``<cache dir>/iclwl-<name>.json`` under ``key`` (its repr, with JAX's
+    version and backend): a later call with an equal key reads it instead. Computed every time when the cache is
+    off."""
     where = jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache else None
     if not where:
         return compute()

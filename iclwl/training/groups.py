@@ -25,6 +25,7 @@ import numpy as np
 from data_gen import ConfigError, TaskStatic, Universe
 from data_gen.universe import universe_bytes
 from iclwl.config import Config, member_data_seeds
+from iclwl.training import trial
 from iclwl.training.compile_cache import remembered
 from iclwl.training.distributed import to_host
 from iclwl.training.program import Health, MemberInputs, Meter, Program, TrainState, compiled, zero_meter
@@ -41,6 +42,7 @@ class Groups:
         t = cfg.train
         self.placement = place(size, t.batch_size, step_flops, t.member_loop, t.split_batch, devices)
         self.M, self.size, self.layout = len(init_keys), self.placement.size, self.placement.layout
+        self.chunk_steps = t.chunk_steps
         self.count = math.ceil(self.M / self.size)
         loop = dataclasses.replace(t, member_loop=self.placement.loop)
         self.ens = compiled(Program.of(dataclasses.replace(cfg, train=loop), st, self.layout.mesh))
@@ -161,25 +163,29 @@ def fit_groups(cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array,
     The candidate size is compiled and measured; if it needs more than ``train.memory_fraction`` of the free
     memory, the size is cut in proportion and measured again. ``free`` overrides the measured free bytes.
     """
-    M = len(init_keys)
-    size, whole = min(cfg.train.max_members or M, M), None
     t = cfg.train
-    decide = needs_step_flops(t.member_loop, t.split_batch, devices)
+    decide = needs_step_flops(t.member_loop, t.split_batch, devices) or t.placement == "measure"
     program = Program.of(cfg, st)
     flops = remembered("step-flops", program, lambda: compiled(program).step_flops(uni, mem)) if decide else None
     if jax.process_count() > 1:  # every process must make the same groups: one, whatever its own free memory
         return _one_group_over_processes(cfg, st, uni, init_keys, mem, devices, flops)
+    groups = _fit_memory(cfg, st, uni, init_keys, mem, devices, free, flops)
+    return _measured(cfg, st, uni, init_keys, mem, devices, free, flops, program, groups)
+
+
+def _fit_memory(cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array, mem: MemberInputs,
+                devices: list | None, free: int | None, flops: float | None) -> Groups:  # fmt: skip
+    M = len(init_keys)
+    size, whole = min(cfg.train.max_members or M, M), None
     while True:
         size = math.ceil(M / math.ceil(M / size))  # balanced groups: least padding for this many groups
         groups = Groups(cfg, st, uni, init_keys, mem, size, devices, flops)
         if cfg.train.max_members:
             return groups
-        need = groups.bytes_needed(cfg.train.chunk_steps)
-        have = free if free is not None else free_bytes(groups.layout.mesh.devices.flat[0])
-        if need is None or have is None:
+        need, budget = groups.bytes_needed(cfg.train.chunk_steps), _budget(cfg, groups, free)
+        if need is None or budget is None:
             return groups
         whole = whole or need * M / groups.size
-        budget = int(have * cfg.train.memory_fraction)
         if need <= budget:
             if groups.count > 1:
                 print(f"{M} members in one program would need about {whole / GiB:.2f} GiB per device (XLA's "
@@ -194,6 +200,45 @@ def fit_groups(cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array,
                               f"more than the {budget / GiB:.2f} GiB available; lower train.batch_size or "
                               "probes.n_eval, or use a smaller model")  # fmt: skip
         size = max(1, min(size - 1, int(size * budget / need)))
+
+
+def _budget(cfg: Config, groups: Groups, free: int | None) -> int | None:
+    have = free if free is not None else free_bytes(groups.layout.mesh.devices.flat[0])
+    return None if have is None else int(have * cfg.train.memory_fraction)
+
+
+def _measured(cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array, mem: MemberInputs, devices: list | None,
+              free: int | None, flops: float | None, program: Program, groups: Groups) -> Groups:  # fmt: skip
+    """``groups``, or the same groups in the layout ``train.placement`` measures fastest (``iclwl.training.trial``)."""
+    t = cfg.train
+    devices = list(devices or jax.devices())
+    found = trial.candidates(groups.placement, groups.size, t.batch_size, devices, t.member_loop, t.split_batch)
+    if t.placement == "rule" or len(found) < 2:
+        return groups
+    if t.placement == "auto" and not (
+        devices[0].platform == "cpu" and trial.unsure(flops, found)
+        and trial.estimated_seconds(flops, groups.size, t.steps * groups.count, len(devices)) >= trial.MIN_SECONDS
+    ):  # fmt: skip
+        return groups
+
+    def build(c: trial.Candidate) -> Groups:
+        choice = dataclasses.replace(t, member_loop=c.loop, split_batch=c.split_batch)
+        return Groups(dataclasses.replace(cfg, train=choice), st, uni, init_keys, mem, groups.size, devices, flops)
+
+    def fits(other: Groups) -> bool:
+        need, budget = other.bytes_needed(t.chunk_steps), _budget(cfg, other, free)
+        return need is None or budget is None or need <= budget
+
+    key = (program, groups.size, t.batch_size, len(devices), devices[0].platform, found)
+    best = remembered("placement", key, lambda: _trial_result(build, found, fits))
+    chosen = build(trial.Candidate(best["loop"], best["split_batch"]))
+    chosen.placement = dataclasses.replace(chosen.placement, why=best["why"])
+    return chosen
+
+
+def _trial_result(build, found, fits) -> dict[str, Any]:
+    best, rates = trial.fastest(build, found, fits=fits)
+    return {"loop": best.loop, "split_batch": best.split_batch, "why": trial.describe(best, rates)}
 
 
 def _one_group_over_processes(cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array, mem: MemberInputs,

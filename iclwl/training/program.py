@@ -134,8 +134,9 @@ class Program:
         # made without one (tests, FLOP counts) batches its members
         loop = cfg.train.member_loop if cfg.train.member_loop != "auto" else "vmap"
         train = dataclasses.replace(cfg.train, seeds=(), resume=None, max_members=0, memory_fraction=1.0,
-                                    member_loop=loop, split_batch=None, cpu_devices=0, compile_cache="",
-                                    distributed="off", coordinator=None, num_processes=0, process_id=-1)  # fmt: skip
+                                    member_loop=loop, split_batch=None, placement="auto", cpu_devices=0,
+                                    compile_cache="", distributed="off", coordinator=None, num_processes=0,
+                                    process_id=-1)  # fmt: skip
         edits = any(e.kind != "none" for e in member_interventions(cfg))
         return cls(st, cfg.model, optim, train, cfg.probes, mesh if mesh is not None and mesh.size > 1 else None,
                    edits, edits and cfg.intervene.probes)  # fmt: skip
