@@ -37,6 +37,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    if "PYTEST_XDIST_WORKER" in os.environ:  # a worker ends while others still use the directory: the controller cleans
+        return
     if os.path.basename(CACHE).startswith("iclwl-test-jax-cache-"):  # ours, not a directory the user gave
         shutil.rmtree(CACHE, ignore_errors=True)
 

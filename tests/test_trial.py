@@ -11,7 +11,7 @@ from test_sweep import FakeDevice
 from test_training import tiny
 
 from data_gen import ConfigError
-from iclwl.config import from_dict, validate_config
+from iclwl.config import ProbeConfig, from_dict, validate_config
 from iclwl.training import trial
 from iclwl.training.compile_cache import use_compile_cache
 from iclwl.training.groups import fit_groups
@@ -69,7 +69,7 @@ def test_a_measured_placement_is_used_and_remembered(tmp_path, monkeypatch):
     faster, and a second fit of the same program reads the choice instead of timing again."""
     use_compile_cache(str(tmp_path / "cache"))
     try:
-        base = tiny()
+        base = tiny(probes=ProbeConfig(n_eval=16, n_log=2, names=("icl_novel",), mechanisms=False))
         cfg = validate_config(dataclasses.replace(base, train=dataclasses.replace(
             base.train, seeds=(0, 1, 2), placement="measure")))  # fmt: skip
         device = jax.devices()[:1]

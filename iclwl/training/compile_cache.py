@@ -12,9 +12,10 @@ default threshold of one second, and there are several of them). The directory i
 entries go first) unless ``JAX_COMPILATION_CACHE_MAX_SIZE`` says otherwise. Like the CPU device count, the cache
 applies when set before the process compiles anything; ``iclwl.run`` sets it first.
 
-The same directory keeps what costs a trace or a measurement to find (``remembered``: the FLOP count of a member's
-step that placement reads, and the layout ``train.placement`` measured fastest), so a second run of a program does
-not trace or time it again.
+The traced programs themselves are kept there too (``iclwl.training.stored``: ``iclwl-program-*.bin``, outside the
+size bound), so a second run neither traces nor compiles them. So is what costs a trace or a measurement to find
+(``remembered``: the FLOP count of a member's step that placement reads, and the layout ``train.placement``
+measured fastest), so a second run of a program does not trace or time it again.
 """
 
 from __future__ import annotations

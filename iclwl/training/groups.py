@@ -19,7 +19,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from data_gen import ConfigError, TaskStatic, Universe
@@ -102,12 +101,12 @@ class Groups:
     def bytes_needed(self, chunk_steps: int) -> int | None:
         """Bytes per device of the larger of the training chunk and the evaluation, as XLA compiled them
         (None where the backend does not say). Compiling here is not wasted: the run reuses the programs."""
-        s, m, t = self.states[0], self.mems[0], jnp.int32(0)
-        programs = [self.ens.chunk.lower(self.uni, s, m, t, t, n=chunk_steps),
-                    self.ens.evaluate_jit.lower(self.uni, s.params, m, t)]  # fmt: skip
+        s, m, t = self.states[0], self.mems[0], np.int32(0)  # as ``train`` passes it: one program
+        programs = [self.ens.chunk.compiled(self.uni, s, m, t, t, n=chunk_steps),
+                    self.ens.evaluate_jit.compiled(self.uni, s.params, m, t)]  # fmt: skip
         sizes = []
-        for lowered in programs:
-            stats = lowered.compile().memory_analysis()
+        for program in programs:
+            stats = program.memory_analysis()
             if stats is None:
                 return None
             sizes.append(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
@@ -212,24 +211,24 @@ def _measured(cfg: Config, st: TaskStatic, uni: Universe, init_keys: jax.Array, 
     """``groups``, or the same groups in the layout ``train.placement`` measures fastest (``iclwl.training.trial``)."""
     t = cfg.train
     devices = list(devices or jax.devices())
-    found = trial.candidates(groups.placement, groups.size, t.batch_size, devices, t.member_loop, t.split_batch)
+    size = math.ceil(groups.M / groups.count)  # members of a group, before padding
+    found = trial.candidates(groups.placement, size, t.batch_size, devices, t.member_loop, t.split_batch)
     if t.placement == "rule" or len(found) < 2:
         return groups
-    if t.placement == "auto" and not (
-        devices[0].platform == "cpu" and trial.unsure(flops, found)
-        and trial.estimated_seconds(flops, groups.size, t.steps * groups.count, len(devices)) >= trial.MIN_SECONDS
-    ):  # fmt: skip
-        return groups
+    if t.placement == "auto":
+        seconds = trial.estimated_seconds(flops, size, t.steps * groups.count, len(devices))
+        if devices[0].platform != "cpu" or not trial.unsure(flops, found) or seconds < trial.MIN_SECONDS:
+            return groups
 
     def build(c: trial.Candidate) -> Groups:
         choice = dataclasses.replace(t, member_loop=c.loop, split_batch=c.split_batch)
-        return Groups(dataclasses.replace(cfg, train=choice), st, uni, init_keys, mem, groups.size, devices, flops)
+        return Groups(dataclasses.replace(cfg, train=choice), st, uni, init_keys, mem, size, devices, flops)
 
     def fits(other: Groups) -> bool:
         need, budget = other.bytes_needed(t.chunk_steps), _budget(cfg, other, free)
         return need is None or budget is None or need <= budget
 
-    key = (program, groups.size, t.batch_size, len(devices), devices[0].platform, found)
+    key = (program, size, t.batch_size, len(devices), devices[0].platform, found)
     best = remembered("placement", key, lambda: _trial_result(build, found, fits))
     chosen = build(trial.Candidate(best["loop"], best["split_batch"]))
     chosen.placement = dataclasses.replace(chosen.placement, why=best["why"])

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -51,6 +52,7 @@ from iclwl.models.interventions import KINDS, PATTERNS, EditWindow
 from iclwl.models.transformer import random_offsets
 from iclwl.probes.evaluate import evaluate_member
 from iclwl.training.optim import OptimParams, make_optimizer
+from iclwl.training.stored import Stored
 
 INIT, DATA, EVAL = 0, 1, 2  # named key streams of a member's seed
 
@@ -206,6 +208,12 @@ def member_edits(cfg: Config) -> EditWindow | None:
     return EditWindow(*(jnp.array(col, jnp.int32) for col in zip(*rows, strict=True)))
 
 
+def _named(fun, name: str):
+    """``fun`` under ``name`` (what JAX's compilation log calls its program)."""
+    fun.__name__ = name
+    return fun
+
+
 @functools.lru_cache(maxsize=8)
 def compiled(program: Program) -> Ensemble:
     """The compiled pieces of ``program``, shared by every run of equal program in this process: jobs of a Hydra
@@ -229,13 +237,17 @@ class Ensemble:
         if prog.mesh is not None:
             init_out = NamedSharding(prog.mesh, PartitionSpec("members"))
             chunk_out = (init_out, NamedSharding(prog.mesh, PartitionSpec(None, "members")))
-        self.init = jax.jit(jax.vmap(self._init_member), out_shardings=init_out)
-        self.evaluate_jit = jax.jit(jax.vmap(self._evaluate_member, in_axes=(None, 0, 0, None)))
-        self.chunk = jax.jit(self._chunk, static_argnames=("n", "trace"), donate_argnums=1, out_shardings=chunk_out)
+        # jax.jit whose traced programs are kept beside the compiled ones: a second run neither traces nor compiles
+        self.init = Stored(_named(jax.vmap(self._init_member), "_init_member"), (program, "init"),
+                           out_shardings=init_out)  # fmt: skip
+        self.evaluate_jit = Stored(_named(jax.vmap(self._evaluate_member, in_axes=(None, 0, 0, None)),
+                                          "_evaluate_member"), (program, "evaluate"))  # fmt: skip
+        self.chunk = Stored(self._chunk, (program, "chunk"), static_argnames=("n", "trace"), donate_argnums=(1,),
+                            out_shardings=chunk_out)  # fmt: skip
 
     def evaluate(self, uni: Universe | None, params: nnx.State, mem: MemberInputs, t: int = 0):
         """Every probe of every member, after t training steps (which only edits inside their window read)."""
-        return self.evaluate_jit(uni, params, mem, jnp.int32(t))
+        return self.evaluate_jit(uni, params, mem, np.int32(t))  # as Groups.bytes_needed passes it: one program
 
     def step_flops(self, uni: Universe | None, mem: MemberInputs) -> float | None:
         """FLOPs of one member's training step (its batch, forward and backward), as XLA counts the traced
