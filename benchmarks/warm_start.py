@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CHAN2024 = ["experiment=none", "task=chan2024", "task.N=1024", "model=chan2024", "optim=adam", "optim.lr=3e-4",
             "train.batch_size=32", "train.steps=1500"]  # fmt: skip
-KINDS = {"trace": r"Finished tracing \+ transforming .* in ([0-9.e-]+) sec",
+KINDS = {"trace": r"Finished tracing (?:\+ transforming )?.* in ([0-9.e-]+) sec",
          "lower": r"Finished jaxpr to MLIR module conversion .* in ([0-9.e-]+) sec",
          "compile": r"Finished XLA compilation of .* in ([0-9.e-]+) sec"}  # fmt: skip
 

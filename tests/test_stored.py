@@ -82,3 +82,15 @@ def test_tracers_an_unreadable_file_and_no_cache_fall_back_to_jit(cache):
     step, traces = counting()
     Stored(step, "fallback", static_argnames=("n",))(state, x, n=3)
     assert traces == [3] and not list(cache.glob("*.tmp"))
+
+
+def test_other_code_traces_anew(cache, monkeypatch):
+    """An edited iclwl or data_gen, or another version of a library that traces, names other programs."""
+    from iclwl.training import stored as stored_module
+
+    state, x = Pair(jnp.arange(4.0), jnp.float32(1)), np.ones(4, np.float32)
+    Stored(counting()[0], "code", static_argnames=("n",))(state, x, n=3)
+    monkeypatch.setattr(stored_module, "_code", lambda: "edited")
+    step, traces = counting()
+    Stored(step, "code", static_argnames=("n",))(state, x, n=3)
+    assert traces == [3] and len(list(cache.glob("iclwl-program-*.bin"))) == 2

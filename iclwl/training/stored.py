@@ -5,9 +5,10 @@ to find its entry there: for the training chunk and the evaluation of a small mo
 start (seconds, where loading the compiled code takes milliseconds). ``Stored`` is ``jax.jit`` that also keeps the
 traced program, exported with ``jax.export`` (StableHLO with the shapes and shardings of its inputs and outputs), in
 the cache directory. Its file is named by a hash of the program's description (``key``), the call's static
-arguments, the tree structure of the inputs and each input's type and sharding, JAX's version and the devices. A
-later call with the same signature, in this process or another, loads the program instead of tracing it, and its
-compiled code from the persistent cache.
+arguments, the tree structure of the inputs and each input's type and sharding, the devices, and the code that
+traced it (the sources of ``iclwl`` and ``data_gen`` and the versions of JAX, Flax, Optax and NumPy: an edited or
+upgraded library traces anew). A later call with the same signature, in this process or another, loads the
+program instead of tracing it, and its compiled code from the persistent cache.
 
 Arguments and results cross the exported program as flat lists of arrays; their tree structures are pickled beside
 it. Calls inside another transformation (tracers), with the cache off, or with several processes use plain
@@ -16,6 +17,7 @@ it. Calls inside another transformation (tracers), with the cache off, or with s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pickle
@@ -24,6 +26,25 @@ from pathlib import Path
 from typing import Any
 
 import jax
+
+
+@functools.cache
+def _code() -> str:
+    """A digest of the code a traced program comes from: the sources of this package and of ``data_gen``, and the
+    versions of the libraries that trace it."""
+    import flax
+    import numpy
+    import optax
+
+    import data_gen
+    import iclwl
+
+    digest = hashlib.sha256(f"{jax.__version__} {flax.__version__} {optax.__version__} {numpy.__version__}".encode())
+    for package in (iclwl, data_gen):
+        root = Path(package.__file__).parent
+        for source in sorted(root.rglob("*.py")):
+            digest.update(str(source.relative_to(root)).encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
 
 
 def _directory() -> Path | None:
@@ -79,7 +100,7 @@ class Stored:
             return None
         signature = (in_tree, tuple(_spec(x) for x in leaves), tuple(sorted(static.items())))
         if signature not in self._calls:
-            text = f"{self.key!r} {signature!r} jax {jax.__version__} {[str(d) for d in jax.devices()]}"
+            text = f"{self.key!r} {signature!r} {_code()} {[str(d) for d in jax.devices()]}"
             path = where / f"iclwl-program-{hashlib.sha256(text.encode()).hexdigest()[:32]}.bin"
             exported = _read(path) or self._export(args, static, path)
             self._calls[signature] = self._runner(exported, args)
