@@ -1,9 +1,11 @@
 """Placement by measurement: where the step-size rule is unsure, time the layouts it hesitates between.
 
-``iclwl.training.sharding.place`` decides by the FLOPs of one member's step, and two models with steps of the same
-size can want different layouts: on 2 CPU cores one Reddy 2023 member (0.37 GFLOP a step) trains 1.07x faster
-with its batch split over both cores, one default-config member (0.38 GFLOP) 0.97x (docs/benchmarks.md). Near its
-thresholds the rule is a guess, so ``train.placement`` can time the candidates instead:
+``iclwl.training.sharding.place`` decides by the FLOPs of one member's step, but two models with steps of the same
+size can want different layouts (on 2 CPU cores one Reddy 2023 member, 0.37 GFLOP a step, once trained 1.07x
+faster with its batch split over both cores and one default-config member, 0.38 GFLOP, 0.97x), and the fastest
+layout moves with the state of the machine (in a later run both gained 1.1x from the split, and the Chan 2024
+members 1.13-1.20x from ``map`` over the rule's ``vmap``: docs/benchmarks.md). Near its thresholds the rule is a
+guess, so ``train.placement`` can time the candidates instead:
 
 - ``rule``: the step-size rule alone;
 - ``measure``: time every candidate layout this ensemble has (member loop ``map`` / ``vmap`` where several members
