@@ -78,7 +78,7 @@ class Stored:
         self.fun, self.key, self.donate = fun, key, tuple(donate_argnums)
         self.jitted = jax.jit(fun, static_argnames=tuple(static_argnames), donate_argnums=self.donate,
                               out_shardings=out_shardings)  # fmt: skip
-        self._calls: dict[tuple, tuple[Callable, Any]] = {}
+        self._calls: dict[tuple, tuple[jax.stages.Compiled, Any]] = {}
 
     def __call__(self, *args, **static):
         call = self._call_for(args, static)
@@ -93,7 +93,12 @@ class Stored:
         return self.jitted.lower(*args, **static).compile() if call is None else call[0]
 
     # ---- the stored programs
-    def _call_for(self, args: tuple, static: dict) -> tuple[Callable, Any] | None:
+    @property
+    def name(self) -> str:
+        """What JAX's compilation log calls the program."""
+        return getattr(self.fun, "__name__", "stored")
+
+    def _call_for(self, args: tuple, static: dict) -> tuple[jax.stages.Compiled, Any] | None:
         where = _directory()
         leaves, in_tree = jax.tree.flatten(args)
         if where is None or jax.process_count() > 1 or any(isinstance(x, jax.core.Tracer) for x in leaves):
@@ -115,7 +120,7 @@ class Stored:
             out_trees.append(tree)
             return ys
 
-        flat.__name__ = getattr(self.fun, "__name__", "stored")
+        flat.__name__ = self.name
         exported = jax.export.export(jax.jit(flat))(*[_struct(x) for x in leaves])
         _write(path, exported, out_trees[0])
         return exported, out_trees[0]
@@ -131,7 +136,7 @@ class Stored:
         def call(*xs):
             return exported.call(*xs)
 
-        call.__name__ = getattr(self.fun, "__name__", "stored")
+        call.__name__ = self.name
         leaves = [_struct(x) for x in jax.tree.leaves(args)]
         return jax.jit(call, donate_argnums=donated).lower(*leaves).compile(), out_tree
 
@@ -140,9 +145,7 @@ def _read(path: Path) -> tuple[Any, Any] | None:
     try:
         blob = pickle.loads(path.read_bytes())
         return jax.export.deserialize(bytearray(blob["program"])), blob["out_tree"]
-    except FileNotFoundError:
-        return None
-    except Exception:  # another version's file, or one cut short: trace again and write it anew
+    except Exception:  # none yet, another version's file, or one cut short: trace again and write it anew
         return None
 
 
