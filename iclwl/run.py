@@ -108,12 +108,13 @@ class Job:
     @classmethod
     def build(cls, cfg: Config, out_dir: Path) -> Job:
         st = ensemble_static(cfg)
+        program = compiled(Program.of(cfg, st))  # made first: a second run starts loading its programs here
         evals = eval_schedule(cfg.train.steps, cfg.probes.n_log, cfg.probes.every)
         saves, forever = checkpoint_steps(cfg.checkpoint, cfg.train.steps, evals)
         check_universes_fit(cfg, st)  # before member_inputs builds them
         init_keys, mem = member_inputs(cfg)
         ckpts = Checkpoints(out_dir / "checkpoints", cfg.checkpoint, forever) if cfg.checkpoint.enabled else None
-        fresh = {"state": jax.eval_shape(compiled(Program.of(cfg, st)).init, init_keys),
+        fresh = {"state": program.init.shapes(init_keys),
                  "data_keys": np.asarray(jax.random.key_data(mem.data_key)),
                  "eval_keys": np.asarray(jax.random.key_data(mem.eval_key))}  # fmt: skip
         names = probe_list(cfg.probes, st)

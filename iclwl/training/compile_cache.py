@@ -12,8 +12,9 @@ default threshold of one second, and there are several of them). The directory i
 entries go first) unless ``JAX_COMPILATION_CACHE_MAX_SIZE`` says otherwise. Like the CPU device count, the cache
 applies when set before the process compiles anything; ``iclwl.run`` sets it first.
 
-The traced programs themselves are kept there too (``iclwl.training.stored``: ``iclwl-program-*.bin``, outside the
-size bound), so a second run neither traces nor compiles them. So is what costs a trace or a measurement to find
+The initialisation, the training chunk and the evaluation are kept there as compiled executables of their own
+(``iclwl.training.stored``: ``iclwl-program-*.bin``, bounded apart from JAX's entries), so a second run neither
+traces nor compiles them. So is what costs a trace or a measurement to find
 (``remembered``: the FLOP count of a member's step that placement reads, and the layout ``train.placement``
 measured fastest), so a second run of a program does not trace or time it again.
 """

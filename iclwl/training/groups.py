@@ -50,7 +50,7 @@ class Groups:
         self.index = [np.minimum(np.arange(g * self.size, (g + 1) * self.size), self.M - 1)
                       for g in range(self.count)]  # fmt: skip
         self.mems = [self.layout.put_members(_take(mem, i)) for i in self.index]
-        self.states = [self.ens.init(self.layout.put_members(init_keys[i])) for i in self.index]
+        self.states = [self.ens.init(self.layout.put_members(_take(init_keys, i))) for i in self.index]
 
     # ---- whole-ensemble views (host side, member order, padding dropped)
     def _join(self, parts: list[Any]) -> Any:
@@ -116,6 +116,10 @@ class Groups:
 
 
 def _take(tree: Any, index: np.ndarray) -> Any:
+    """The members ``index`` of every leaf; the tree itself when that is all of them in order (nothing to run)."""
+    first = jax.tree.leaves(tree)[0]
+    if np.array_equal(index, np.arange(len(first))):
+        return tree
     return jax.tree.map(lambda x: x[index], tree)
 
 

@@ -192,10 +192,11 @@ def member_inputs(cfg: Config) -> tuple[jax.Array, MemberInputs]:
     """The init keys and the inputs of every member of ``cfg``, in ``members(cfg)`` order."""
     keys = [streams(c["seed"], c.get("data_seed")) for c in members(cfg)]
     init, data, ev = (jnp.stack([getattr(k, f) for k in keys]) for f in ("init", "data", "eval"))
-    task = jax.tree.map(lambda *xs: jnp.stack(xs), *[dynamic_part(t) for t in member_tasks(cfg)])
+    # stacked on the host: the values as they are, with no small programs to compile and load
+    task = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *map(dynamic_part, member_tasks(cfg)))
     optims = member_optims(cfg)
-    optim = OptimParams(jnp.array([o.lr for o in optims], jnp.float32),
-                        jnp.array([o.weight_decay for o in optims], jnp.float32))  # fmt: skip
+    optim = OptimParams(np.array([o.lr for o in optims], np.float32),
+                        np.array([o.weight_decay for o in optims], np.float32))  # fmt: skip
     return init, MemberInputs(task, optim, data, ev, member_universes(cfg), member_edits(cfg))
 
 
@@ -229,8 +230,6 @@ class Ensemble:
         self.prog = prog = program
         st = prog.task
         self.make_model = lambda key: build_model(prog.model, st, key)
-        self.graphdef, abstract = nnx.split(nnx.eval_shape(lambda: self.make_model(jax.random.key(0))))
-        self.tx = make_optimizer(prog.optim, prog.train.steps, abstract)
         # On several devices the state stays split along its member axis from init on: an input laid out otherwise
         # (XLA would make init's output replicated) would compile the chunk a second time at its second call.
         init_out, chunk_out = None, None
@@ -244,6 +243,21 @@ class Ensemble:
                                           "_evaluate_member"), (program, "evaluate"))  # fmt: skip
         self.chunk = Stored(self._chunk, (program, "chunk"), static_argnames=("n", "trace"), donate_argnums=(1,),
                             out_shardings=chunk_out)  # fmt: skip
+        for stored in (self.init, self.chunk, self.evaluate_jit):  # a second run: loading starts now, side by side
+            stored.prefetch()
+
+    @functools.cached_property
+    def _abstract(self) -> tuple[nnx.GraphDef, nnx.State]:
+        """The model's structure and its state's shapes (traced when a program is, never in a run that loads them)."""
+        return nnx.split(nnx.eval_shape(lambda: self.make_model(jax.random.key(0))))
+
+    @property
+    def graphdef(self) -> nnx.GraphDef:
+        return self._abstract[0]
+
+    @functools.cached_property
+    def tx(self) -> optax.GradientTransformation:
+        return make_optimizer(self.prog.optim, self.prog.train.steps, self._abstract[1])
 
     def evaluate(self, uni: Universe | None, params: nnx.State, mem: MemberInputs, t: int = 0):
         """Every probe of every member, after t training steps (which only edits inside their window read)."""
