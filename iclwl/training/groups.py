@@ -49,12 +49,18 @@ class Groups:
         # member indices of each group; the last group repeats its last member to keep the size
         self.index = [np.minimum(np.arange(g * self.size, (g + 1) * self.size), self.M - 1)
                       for g in range(self.count)]  # fmt: skip
-        self.mems = [self.layout.put_members(_take(mem, i)) for i in self.index]
-        self.states = [self.ens.init(self.layout.put_members(_take(init_keys, i))) for i in self.index]
+        take = (lambda tree, i: tree) if self.whole else _take  # one group of every member: the inputs as they are
+        self.mems = [self.layout.put_members(take(mem, i)) for i in self.index]
+        self.states = [self.ens.init(self.layout.put_members(take(init_keys, i))) for i in self.index]
+
+    @property
+    def whole(self) -> bool:
+        """One group holding every member, in order, with no padding."""
+        return self.count == 1 and self.size == self.M
 
     # ---- whole-ensemble views (host side, member order, padding dropped)
     def _join(self, parts: list[Any]) -> Any:
-        if self.count == 1 and self.size == self.M:
+        if self.whole:
             return to_host(parts[0])
         return jax.tree.map(lambda *xs: np.concatenate(xs)[: self.M], *to_host(parts))
 
@@ -116,10 +122,6 @@ class Groups:
 
 
 def _take(tree: Any, index: np.ndarray) -> Any:
-    """The members ``index`` of every leaf; the tree itself when that is all of them in order (nothing to run)."""
-    first = jax.tree.leaves(tree)[0]
-    if np.array_equal(index, np.arange(len(first))):
-        return tree
     return jax.tree.map(lambda x: x[index], tree)
 
 

@@ -193,7 +193,7 @@ def member_inputs(cfg: Config) -> tuple[jax.Array, MemberInputs]:
     keys = [streams(c["seed"], c.get("data_seed")) for c in members(cfg)]
     init, data, ev = (jnp.stack([getattr(k, f) for k in keys]) for f in ("init", "data", "eval"))
     # stacked on the host: the values as they are, with no small programs to compile and load
-    task = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *map(dynamic_part, member_tasks(cfg)))
+    task = jax.tree.map(lambda *xs: np.stack(xs), *map(dynamic_part, member_tasks(cfg)))
     optims = member_optims(cfg)
     optim = OptimParams(np.array([o.lr for o in optims], np.float32),
                         np.array([o.weight_decay for o in optims], np.float32))  # fmt: skip

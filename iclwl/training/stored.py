@@ -132,7 +132,7 @@ class Stored:
         when there is one, so that nothing is traced."""
         path = self._path(args, static)
         stored = _read(path) if path is not None else None
-        if stored is None or "out" not in stored:
+        if stored is None:
             return jax.eval_shape(functools.partial(self.jitted, **static), *args)
         return jax.tree.unflatten(stored["out_tree"], [jax.ShapeDtypeStruct(s, d) for s, d in stored["out"]])
 
